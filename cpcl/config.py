@@ -1,0 +1,243 @@
+"""Configuration: official key names, dataset presets, type-checked `--key=value` overrides.
+
+A config is an `EasyDict` with the official CPCL key names (`C.labeled_ratio`, `C.nepochs`,
+`C.lr`, ...). The flow is::
+
+    C = load_preset("voc")            # official defaults (config/voc.py)
+    C.labeled_ratio = 16              # user edits in exp_voc/config.py
+    C = apply_overrides(C, argv)      # --key=value from the command line
+    C = finalize(C, root=...)         # derived values (paths, counts, iterations)
+
+Derived keys hold `None` in the presets; `finalize` fills each one that the user left at
+`None`, so editing `labeled_ratio` alone moves the split lists and the epoch length.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import importlib
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from easydict import EasyDict
+
+from .errors import CpclError
+
+PRESETS = ("voc", "cityscapes")
+
+# Types of keys whose preset default is None (so the type cannot be read off the default).
+_NONE_DEFAULT_TYPES: dict[str, type] = {
+    "dataset_path": str,
+    "train_source": str,
+    "unsup_source": str,
+    "eval_source": str,
+    "snapshot_dir": str,
+    "pretrained_model": str,
+    "num_train_imgs": int,
+    "num_unsup_imgs": int,
+    "max_samples": int,
+    "niters_per_epoch": int,
+    "eval_crop_size": int,
+}
+
+# Keys restricted to a fixed set of values.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "method": ("cpcl", "cps", "sup"),
+    "amp": ("none", "bf16", "fp16"),
+    "eval_branch": ("1", "2", "avg"),
+    "label_policy": ("error", "ignore"),
+    "sup_loss": ("ce", "ohem"),
+    "dataset_name": PRESETS,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"none", "null"}
+
+
+class ConfigError(CpclError, ValueError):
+    """A bad configuration key or value; the message names the key and what was expected."""
+
+
+def load_preset(name: str) -> EasyDict:
+    """Return a fresh copy of the official defaults for dataset `name` ("voc" or "cityscapes")."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    module = importlib.import_module(f"cpcl.presets.{name}")
+    return module.defaults()
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"--{key}={text}: expected a boolean (true/false, 1/0, yes/no)")
+
+
+def _parse_sequence(key: str, text: str, default: Sequence[Any]) -> tuple:
+    stripped = text.strip()
+    try:
+        value = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError):
+        value = None
+    if isinstance(value, (int, float)):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        # Accept the shell-friendly form 0.75,1,1.25 as well.
+        try:
+            value = tuple(ast.literal_eval(part) for part in stripped.split(",") if part.strip())
+        except (ValueError, SyntaxError) as err:
+            raise ConfigError(
+                f"--{key}={text}: expected a list such as [0.75,1,1.25] or 0.75,1,1.25"
+            ) from err
+    elem_types = {type(v) for v in default}
+    for v in value:
+        if not isinstance(v, (int, float)) and elem_types <= {int, float}:
+            raise ConfigError(f"--{key}={text}: expected numbers, got {v!r}")
+    return tuple(value)
+
+
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """Parse the string `text` for config key `key` into the type of its `default`."""
+    expected = _NONE_DEFAULT_TYPES.get(key, type(default) if default is not None else str)
+    if text.strip().lower() in _NONE and (default is None or key in _NONE_DEFAULT_TYPES):
+        return None
+    if expected is bool:
+        value: Any = _parse_bool(key, text)
+    elif expected is int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise ConfigError(f"--{key}={text}: expected an integer") from err
+    elif expected is float:
+        try:
+            value = float(ast.literal_eval(text.strip())) if "/" not in text else _ratio(text)
+        except (ValueError, SyntaxError) as err:
+            raise ConfigError(f"--{key}={text}: expected a number") from err
+    elif expected in (list, tuple):
+        value = _parse_sequence(key, text, default)
+    else:
+        value = text
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"--{key}={text}: expected one of {', '.join(_CHOICES[key])}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    num, den = text.split("/", 1)
+    return float(num) / float(den)
+
+
+def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
+    """Apply `--key=value` strings to a copy of `C`; unknown keys and bad values raise ConfigError."""
+    C = copy.deepcopy(C)
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"cannot read argument {arg!r}: expected --key=value")
+        key, text = arg[2:].split("=", 1)
+        if key not in C:
+            close = difflib.get_close_matches(key, list(C.keys()), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key --{key}{hint}")
+        C[key] = parse_value(key, text, C[key])
+    validate(C)
+    return C
+
+
+def validate(C: EasyDict) -> None:
+    """Check values that the rest of the code relies on; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        if key in C and C[key] not in choices:
+            raise ConfigError(f"C.{key} = {C[key]!r}: expected one of {', '.join(choices)}")
+    for key in ("batch_size", "nepochs", "image_height", "image_width", "num_classes"):
+        if key in C and (not isinstance(C[key], int) or C[key] < 1):
+            raise ConfigError(f"C.{key} = {C[key]!r}: expected a positive integer")
+    if "labeled_ratio" in C and (not isinstance(C.labeled_ratio, int) or C.labeled_ratio < 1):
+        raise ConfigError(f"C.labeled_ratio = {C.labeled_ratio!r}: expected a positive integer")
+    if C.get("niters_per_epoch") is not None and C.niters_per_epoch < 1:
+        raise ConfigError(f"C.niters_per_epoch = {C.niters_per_epoch}: expected >= 1")
+    if not 0 < C.eval_stride_rate <= 1:
+        raise ConfigError(f"C.eval_stride_rate = {C.eval_stride_rate}: expected in (0, 1]")
+
+
+def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
+    """The official list files for `C.labeled_ratio` under `C.dataset_path` (CPS layout)."""
+    root = C.dataset_path
+    r = C.labeled_ratio
+    if C.dataset_name == "voc":
+        sub = os.path.join(root, "subset_train_aug")
+        return (
+            os.path.join(sub, f"train_aug_labeled_1-{r}.txt"),
+            os.path.join(sub, f"train_aug_unlabeled_1-{r}.txt"),
+            os.path.join(root, "val.txt"),
+        )
+    sub = os.path.join(root, "config_new", "subset_train")
+    return (
+        os.path.join(sub, f"train_aug_labeled_1-{r}.txt"),
+        os.path.join(sub, f"train_aug_unlabeled_1-{r}.txt"),
+        os.path.join(root, "config_new", "val.txt"),
+    )
+
+
+def finalize(
+    C: EasyDict,
+    *,
+    root: str | None = None,
+    n_labeled: int | None = None,
+    n_unlabeled: int | None = None,
+) -> EasyDict:
+    """Return a copy of `C` with every derived value that is still `None` filled in.
+
+    root: folder relative paths are resolved against (the experiment folder); default cwd.
+    n_labeled, n_unlabeled: the sizes of the split lists actually read. Without them the
+    official formula `num_train_total // labeled_ratio` is used, as in the official config.
+    """
+    C = copy.deepcopy(C)
+    validate(C)
+    base = os.path.abspath(root or os.getcwd())
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if C.dataset_path is None:
+        C.dataset_path = os.path.join(
+            repo, "DATA", "pascal_voc" if C.dataset_name == "voc" else "city"
+        )
+    C.dataset_path = os.path.join(base, C.dataset_path)
+    C.log_dir = os.path.join(base, C.log_dir)
+    if C.snapshot_dir is None:
+        C.snapshot_dir = os.path.join(C.log_dir, "snapshot")
+    C.snapshot_dir = os.path.join(base, C.snapshot_dir)
+    train, unsup, val = default_split_paths(C)
+    C.train_source = C.train_source or train
+    C.unsup_source = C.unsup_source or unsup
+    C.eval_source = C.eval_source or val
+    if C.eval_crop_size is None:
+        C.eval_crop_size = C.image_height
+    if n_labeled is not None:
+        C.num_train_imgs = n_labeled
+    elif C.num_train_imgs is None:
+        C.num_train_imgs = C.num_train_total // C.labeled_ratio
+    if n_unlabeled is not None:
+        C.num_unsup_imgs = n_unlabeled
+    elif C.num_unsup_imgs is None:
+        C.num_unsup_imgs = C.num_train_total - C.num_train_imgs
+    if C.max_samples is None:
+        C.max_samples = max(C.num_train_imgs, C.num_unsup_imgs)
+    if C.niters_per_epoch is None:
+        C.niters_per_epoch = max(1, C.max_samples // C.batch_size)
+    return C
+
+
+def to_plain(C: Any) -> Any:
+    """Convert a config to builtin containers (for checkpoints loaded with weights_only=True)."""
+    if isinstance(C, dict):
+        return {str(k): to_plain(v) for k, v in C.items()}
+    if isinstance(C, (list, tuple)):
+        return [to_plain(v) for v in C]
+    if hasattr(C, "tolist"):
+        return C.tolist()
+    return C

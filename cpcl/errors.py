@@ -1,0 +1,13 @@
+"""Exceptions for user errors. Entry points print their message and exit non-zero, no traceback."""
+
+
+class CpclError(Exception):
+    """Base class for errors caused by user input (files, configs, checkpoints)."""
+
+
+class DataError(CpclError):
+    """A dataset root, list file, image or label that cannot be used; the message names it."""
+
+
+class CheckpointError(CpclError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
