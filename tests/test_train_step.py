@@ -1,0 +1,318 @@
+"""One training iteration: the official CPCL step (step_voc_r50.pt) and the cps/sup/amp variants."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_golden
+
+from cpcl.engine import train_step
+from cpcl.errors import CpclError
+from cpcl.losses import cps_loss
+from cpcl.models import Network
+from cpcl.optim import build_optimizers
+
+RTOL = 1e-5
+LOGITS = (
+    "logits_sup_1",
+    "logits_sup_2",
+    "logits_u0_tea_1",
+    "logits_u1_tea_1",
+    "logits_u0_tea_2",
+    "logits_u1_tea_2",
+    "logits_cons_stu_1",
+    "logits_cons_stu_2",
+)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    total = torch.zeros((), dtype=torch.float64)
+    for p in module.parameters():
+        if p.grad is not None:
+            total += p.grad.double().pow(2).sum()
+    return total.sqrt().item()
+
+
+# ---------------------------------------------------------------- golden ResNet-50 step
+
+
+@pytest.fixture(scope="module")
+def golden_step(golden_dir, det_weights):
+    """Run the official iteration once on the det-weight ResNet-50 network; share the results."""
+    ref = load_golden(golden_dir, "step_voc_r50.pt")
+    model = Network(21, backbone="resnet50")
+    keys = det_weights.load_keys(golden_dir / "keys_voc_r50.json")
+    model.load_state_dict(det_weights.det_state_dict(keys), strict=True)
+    model.train()
+    opt1, opt2 = build_optimizers(model, ref["lr"], ref["momentum"], ref["weight_decay"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[[names[id(p)] for p in g["params"]] for g in o.param_groups] for o in (opt1, opt2)]
+    group_wd = [[g["weight_decay"] for g in o.param_groups] for o in (opt1, opt2)]
+
+    captured: dict = {}
+
+    def grab_grads() -> None:
+        captured["norm_1"] = _grad_norm(model.branch1)
+        captured["norm_2"] = _grad_norm(model.branch2)
+        captured["b1_cls_w"] = model.branch1.classifier.weight.grad.clone()
+        captured["b1_cls_b"] = model.branch1.classifier.bias.grad.clone()
+        captured["b1_bn1_w"] = model.branch1.backbone.bn1.weight.grad.clone()
+        captured["b2_conv1_0_w"] = model.get_parameter(
+            "branch2.backbone.conv1.0.weight"
+        ).grad.clone()
+
+    calls: list[str] = []
+    hooks = [
+        getattr(model, b).register_forward_hook(lambda m, i, o, b=b: calls.append(b))
+        for b in ("branch1", "branch2")
+    ]
+    batch = {
+        "img": ref["imgs"],
+        "gt": ref["gts"],
+        "img_u0": ref["unsup_imgs_0"],
+        "img_u1": ref["unsup_imgs_1"],
+        "mask": ref["mask"],
+    }
+    aux: dict = {}
+    out = train_step(
+        model,
+        (opt1, opt2),
+        batch,
+        ref["lr"],
+        sup_criterion=torch.nn.CrossEntropyLoss(ignore_index=255),
+        unsup_weight=ref["unsup_weight"],
+        grad_sync=grab_grads,
+        aux=aux,
+    )
+    for h in hooks:
+        h.remove()
+    return {
+        "ref": ref,
+        "out": out,
+        "aux": aux,
+        "grads": captured,
+        "calls": calls,
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "groups": groups,
+        "group_wd": group_wd,
+        "lr_used": [g["lr"] for g in opt1.param_groups],
+        "keys": keys,
+    }
+
+
+def test_golden_forward_order_and_logits(golden_step):
+    ref, aux = golden_step["ref"], golden_step["aux"]
+    assert golden_step["calls"] == ["branch1", "branch2"] + ["branch1"] * 2 + ["branch2"] * 2 + [
+        "branch1",
+        "branch2",
+    ]
+    assert torch.equal(aux["unsup_imgs_mixed"], ref["unsup_imgs_mixed"])
+    for key in LOGITS:
+        torch.testing.assert_close(aux[key], ref[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_golden_losses_labels_weights(golden_step):
+    ref, out, aux = golden_step["ref"], golden_step["out"], golden_step["aux"]
+    for key in ("loss", "loss_sup_1", "loss_sup_2", "loss_unsup_inter", "loss_unsup_union"):
+        assert out[key].dim() == 0 and not out[key].requires_grad
+        assert out[key].item() == pytest.approx(ref[key], rel=RTOL), key
+    assert out["loss_unsup"].item() == pytest.approx(ref["loss_unsup"], rel=RTOL)
+    assert out["overlap"].item() == pytest.approx(ref["overlap"], rel=1e-12)
+    assert torch.equal(aux["label_1"], ref["ps_label_1"])
+    assert torch.equal(aux["label_2"], ref["ps_label_2"])
+    torch.testing.assert_close(aux["class_weight"], ref["w"], rtol=1e-12, atol=1e-15)
+
+
+def test_golden_gradients(golden_step):
+    ref, grads = golden_step["ref"], golden_step["grads"]
+    assert grads["norm_1"] == pytest.approx(ref["grad_norm_branch1"], rel=RTOL)
+    assert grads["norm_2"] == pytest.approx(ref["grad_norm_branch2"], rel=RTOL)
+    for mine, theirs in (
+        ("b1_cls_w", "grad_branch1_classifier_weight"),
+        ("b1_cls_b", "grad_branch1_classifier_bias"),
+        ("b1_bn1_w", "grad_branch1_backbone_bn1_weight"),
+        ("b2_conv1_0_w", "grad_branch2_backbone_conv1_0_weight"),
+    ):
+        assert _rel(grads[mine], ref[theirs]) < RTOL, theirs
+
+
+def test_golden_parameters_and_buffers_after_step(golden_step):
+    ref, state = golden_step["ref"], golden_step["state"]
+    after = [k for k in ref if k.startswith("after_")]
+    assert len(after) == 8
+    for key in after:
+        name = key[len("after_") :]
+        if name.endswith("num_batches_tracked"):
+            assert state[name].item() == ref[key].item() == 4
+        else:
+            torch.testing.assert_close(state[name], ref[key], rtol=RTOL, atol=1e-6, msg=name)
+    assert golden_step["lr_used"] == ref["lr_used"]
+
+
+def test_golden_optimizer_groups_follow_official_keys(golden_step):
+    """6 groups per branch; decay = the conv weights (>= 2-D keys), in official key order."""
+    keys = golden_step["keys"]
+    for b, (groups, wds) in enumerate(
+        zip(golden_step["groups"], golden_step["group_wd"], strict=True)
+    ):
+        assert len(groups) == 6
+        assert wds == [1e-4, 0.0] * 3
+        for i, part in enumerate(("backbone", "head", "classifier")):
+            prefix = f"branch{b + 1}.{part}."
+            params = [
+                (k, s)
+                for k, s, _ in keys
+                if k.startswith(prefix)
+                and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+            ]
+            assert groups[2 * i] == [k for k, s in params if len(s) >= 2]
+            assert groups[2 * i + 1] == [k for k, s in params if len(s) < 2]
+
+
+# ---------------------------------------------------------------- small ResNet-18 variants
+
+NC = 5
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A ResNet-18 network and a batch, built once; tests deep-copy the network."""
+    torch.manual_seed(0)
+    model = Network(NC, backbone="resnet18").train()
+    g = torch.Generator().manual_seed(7)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:24, 4:20] = 1
+    batch = {
+        "img": torch.randn(2, 3, 32, 32, generator=g),
+        "gt": torch.randint(0, NC, (2, 32, 32), generator=g),
+        "img_u0": torch.randn(2, 3, 32, 32, generator=g),
+        "img_u1": torch.randn(2, 3, 32, 32, generator=g),
+        "mask": mask,
+    }
+    batch["gt"][:, :2] = 255
+    return model, batch
+
+
+def _run(model, batch, **kw):
+    opts = build_optimizers(model, 0.01, 0.9, 1e-4)
+    grads: dict = {}
+
+    def grab() -> None:
+        grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    kw.setdefault("method", "cpcl")
+    out = train_step(
+        model,
+        opts,
+        batch,
+        0.01,
+        sup_criterion=torch.nn.CrossEntropyLoss(ignore_index=255),
+        unsup_weight=1.5,
+        grad_sync=grab,
+        **kw,
+    )
+    return out, grads
+
+
+def _tracked(model) -> list[int]:
+    return [int(getattr(model, b).backbone.bn1.num_batches_tracked) for b in ("branch1", "branch2")]
+
+
+def test_sup_step_is_plain_supervised_training(small):
+    model, batch = small
+    ref = copy.deepcopy(model)
+    sup_only = {"img": batch["img"], "gt": batch["gt"]}  # no unlabelled data needed
+    m = copy.deepcopy(model)
+    out, grads = _run(m, sup_only, method="sup")
+    assert _tracked(m) == [1, 1]
+    assert out["loss_unsup"].item() == 0.0 and out["loss_unsup_inter"].item() == 0.0
+
+    l1 = F.cross_entropy(ref(batch["img"], step=1), batch["gt"], ignore_index=255)
+    l2 = F.cross_entropy(ref(batch["img"], step=2), batch["gt"], ignore_index=255)
+    (l1 + l2).backward()
+    assert out["loss"].item() == pytest.approx((l1 + l2).item(), rel=1e-6)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
+    # Unlabelled inputs in the batch do not change anything for method "sup".
+    m2 = copy.deepcopy(model)
+    _, grads2 = _run(m2, batch, method="sup")
+    for n in grads:
+        assert torch.equal(grads[n], grads2[n]), n
+    changed = [n for n, p in m.named_parameters() if not torch.equal(p, model.get_parameter(n))]
+    assert len(changed) == len(list(model.parameters()))
+
+
+def test_cps_step_matches_its_definition(small):
+    model, batch = small
+    m = copy.deepcopy(model)
+    out, grads = _run(m, batch, method="cps")
+    assert _tracked(m) == [4, 4]
+
+    ref = copy.deepcopy(model)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=255)
+    sup = ce(ref(batch["img"], step=1), batch["gt"]) + ce(ref(batch["img"], step=2), batch["gt"])
+    u0, u1, mask = batch["img_u0"], batch["img_u1"], batch["mask"]
+    with torch.no_grad():
+        t = [ref(u, step=s) for s in (1, 2) for u in (u0, u1)]
+    t1 = t[0] * (1 - mask) + t[1] * mask
+    t2 = t[2] * (1 - mask) + t[3] * mask
+    mixed = u0 * (1 - mask) + u1 * mask
+    s1, s2 = ref(mixed, step=1), ref(mixed, step=2)
+    want_cps = F.cross_entropy(s1, t2.argmax(1)) + F.cross_entropy(s2, t1.argmax(1))
+    assert cps_loss(t1, t2, s1, s2).item() == pytest.approx(want_cps.item(), rel=1e-6)
+    (sup + 1.5 * want_cps).backward()
+    assert out["loss_cps"].item() == pytest.approx(want_cps.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((sup + 1.5 * want_cps).item(), rel=1e-5)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_bf16_autocast_is_close_to_fp32(small):
+    model, batch = small
+    out32, _ = _run(copy.deepcopy(model), batch)
+    m = copy.deepcopy(model)
+    out16, grads = _run(m, batch, amp="bf16")
+    for key in ("loss_sup_1", "loss_sup_2", "loss"):
+        assert out16[key].dtype == torch.float32
+        assert out16[key].item() == pytest.approx(out32[key].item(), rel=5e-2), key
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
+def test_fp16_with_grad_scaler_updates_both_branches(small):
+    model, batch = small
+    m = copy.deepcopy(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    out, _ = _run(m, batch, amp="fp16", scaler=scaler)
+    assert torch.isfinite(out["loss"])
+    for b in ("branch1", "branch2"):
+        name = f"{b}.classifier.weight"
+        assert not torch.equal(m.get_parameter(name), model.get_parameter(name))
+
+
+def test_fused_teacher_changes_bn_statistics(small):
+    model, batch = small
+    m = copy.deepcopy(model)
+    aux: dict = {}
+    _run(m, batch, fused_teacher=True, aux=aux)
+    # One teacher forward per branch instead of two: 3 BN updates, not the official 4.
+    assert _tracked(m) == [3, 3]
+    assert aux["logits_u0_tea_1"].shape == (2, NC, 32, 32)
+
+
+def test_bad_arguments_raise(small):
+    model, batch = small
+    m = copy.deepcopy(model)
+    with pytest.raises(CpclError, match="method"):
+        _run(m, batch, method="mt")
+    with pytest.raises(CpclError, match="GradScaler"):
+        _run(m, batch, amp="fp16")
+    with pytest.raises(CpclError, match="img_u0"):
+        _run(m, {"img": batch["img"], "gt": batch["gt"]}, method="cpcl")
