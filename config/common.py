@@ -24,6 +24,7 @@ def defaults() -> EasyDict:
     C.nepochs = 34
     C.backbone = "resnet50"
     C.method = "cpcl"  # cpcl | cps | sup
+    C.device = "auto"  # auto (GPU when available) | cpu | cuda
 
     # --- CutMix box masks (official mask_gen.BoxMaskGenerator settings) ---
     C.cutmix_mask_prop_range = (0.25, 0.5)

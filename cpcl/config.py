@@ -47,6 +47,7 @@ _NONE_DEFAULT_TYPES: dict[str, type] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "method": ("cpcl", "cps", "sup"),
+    "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "eval_branch": ("1", "2", "avg"),
     "label_policy": ("error", "ignore"),
