@@ -33,7 +33,8 @@ import torch.distributed as dist
 
 def _as_tensor(x: torch.Tensor | np.ndarray, device: torch.device | None) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # torch.from_numpy warns on read-only arrays (e.g. decoded images); copy those.
+        x = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else x.copy())
     if device is not None:
         x = x.to(device, non_blocking=True)
     return x

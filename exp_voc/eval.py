@@ -1,0 +1,10 @@
+"""Evaluate snapshots of this experiment: `python eval.py -e 34 -d 0` (see `-h`)."""
+
+import os
+import sys
+
+from config import C
+from cpcl.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main(C, sys.argv[1:], root=os.path.dirname(os.path.abspath(__file__))))
