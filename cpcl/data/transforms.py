@@ -174,6 +174,8 @@ class TrainTransform:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Transform one sample; `label` None for unlabeled images."""
         _check_image(img)
+        # A BGR->RGB view (`img[..., ::-1]`) has negative strides, which cv2 cannot take.
+        img = np.ascontiguousarray(img)
         if label is not None and label.shape != img.shape[:2]:
             raise DataError(
                 f"label of shape {label.shape} for an image of shape {img.shape[:2]}: "
