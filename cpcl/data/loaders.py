@@ -223,6 +223,21 @@ class _TripleDataset(Dataset):
         return img, gt, u0, u1, item.epoch, item.it
 
 
+def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack equal-shape arrays into one tensor; inside a worker straight into shared memory.
+
+    A batch leaves a worker through shared memory; writing it there directly (as torch's
+    default collate does) saves a full copy of the batch, 370 MB per Cityscapes iteration.
+    """
+    elem = torch.from_numpy(arrays[0])
+    if get_worker_info() is None:
+        out = torch.empty((len(arrays), *elem.shape), dtype=elem.dtype)
+    else:
+        storage = elem._typed_storage()._new_shared(elem.numel() * len(arrays), device="cpu")
+        out = elem.new(storage).resize_(len(arrays), *elem.shape)
+    return torch.stack([torch.from_numpy(a) for a in arrays], out=out)
+
+
 class _TrainCollate:
     """Stacks the triples and adds one CutMix mask batch seeded by (seed, rank, epoch, it)."""
 
@@ -234,7 +249,7 @@ class _TrainCollate:
             if isinstance(x, _Failure):
                 return x
         epoch, it = samples[0][4], samples[0][5]
-        img, gt, u0, u1 = (torch.from_numpy(np.stack([x[k] for x in samples])) for k in range(4))
+        img, gt, u0, u1 = (_stack([x[k] for x in samples]) for k in range(4))
         # The mask depends on the iteration, not on which worker happens to build the batch.
         s = np.random.SeedSequence([self.seed, _SALT_MASK, self.rank, epoch, it])
         gen = torch.Generator().manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1))
