@@ -559,7 +559,8 @@ def _shard_worker(
     try:
         cfg = EasyDict(C)
         dev = torch.device(device)
-        torch.cuda.set_device(dev)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
         model = _build_model(cfg)
         _load_snapshot(model, Path(path), cfg.num_classes)
         model.to(dev)
@@ -652,7 +653,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         default="last",
         help="X.pth (a file), N (<snapshot_dir>/epoch-N.pth), A-B, A- or last (default)",
     )
-    p.add_argument("-d", "--devices", default=None, help="cpu, 0, 0,1 (default: GPU 0 or CPU)")
+    p.add_argument(
+        "-d", "--devices", default=None, help="cpu, 0, 0,1 (default: C.device; auto = GPU 0 or CPU)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the resolved settings")
     p.add_argument(
         "-s",
@@ -687,7 +690,12 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         raise CpclError(f"--labelids: only for Cityscapes (dataset_name is {C.dataset_name!r})")
     if args.save_path is None and (args.show_image or args.labelids):
         args.save_path = os.path.join(C.log_dir, "pred_imgs")
-    devices = parse_devices(args.devices)
+    if args.devices is None:
+        # No -d: C.device decides (auto: GPU 0 when available, else the CPU).
+        choice = C.get("device", "auto")
+        devices = parse_devices(None if choice == "auto" else ("0" if choice == "cuda" else "cpu"))
+    else:
+        devices = parse_devices(args.devices)
     checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
     dataset = build_dataset(C, "val")
     names = class_names(C.dataset_name)

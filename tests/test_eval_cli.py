@@ -202,3 +202,27 @@ def test_main_errors(voc_tree, snapshot, tmp_path, capsys):
     assert rc == 2 and "only for Cityscapes" in err
     rc = main(load_preset("voc"), ["-e", "2", "-d", "cpu", f"--snapshot_dir={tmp_path}/none"])
     assert rc == 2 and "snapshot folder not found" in capsys.readouterr().err
+
+
+def test_device_from_config_and_sharded_processes(voc_tree, snapshot, tmp_path, capsys):
+    import argparse
+
+    from cpcl.evaluate import _evaluate_checkpoint
+
+    if not torch.cuda.is_available():
+        argv = [a for a in _argv(voc_tree, snapshot, tmp_path / "log") if a not in ("-d", "cpu")]
+        rc = main(load_preset("voc"), [*argv, "-e", "2", "--device=cuda"])  # no -d
+        assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+    # The multi-GPU path (one spawned process per device, strided shards, hists summed),
+    # run here with two CPU "devices": same hist as one process.
+    C = finalize(load_preset("voc"), root=str(tmp_path))
+    C.dataset_path, C.eval_source = str(voc_tree), str(voc_tree / "val.txt")
+    C.backbone, C.eval_crop_size = "resnet18", 48
+    args = argparse.Namespace(save_path=None, show_image=False, labelids=False)
+    model = Network(21, backbone="resnet18")
+    ds = build_dataset(C, "val")
+    path = snapshot / "epoch-2.pth"
+    one, _ = _evaluate_checkpoint(C, model, ds, path, [torch.device("cpu")], args)
+    two, ckpt = _evaluate_checkpoint(C, model, ds, path, [torch.device("cpu")] * 2, args)
+    assert torch.equal(one["hist"], two["hist"]) and one["hist"].sum() > 0
+    assert ckpt["epoch"] == 2
