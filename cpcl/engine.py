@@ -37,9 +37,7 @@ def _logits(out: Tensor | tuple | list) -> Tensor:
     return out[-1] if isinstance(out, (tuple, list)) else out
 
 
-def _check_args(
-    method: str, amp: str, scaler: Any, batch: Mapping[str, Tensor], fused_teacher: bool
-) -> None:
+def _check_args(method: str, amp: str, scaler: Any, batch: Mapping[str, Tensor]) -> None:
     if method not in METHODS:
         raise CpclError(f"method={method!r}: expected one of {', '.join(METHODS)}")
     if amp not in AMP_MODES:
@@ -48,8 +46,6 @@ def _check_args(
         raise CpclError("amp='fp16' needs a GradScaler (scaler=torch.amp.GradScaler(...))")
     if amp != "fp16" and scaler is not None:
         raise CpclError(f"scaler is only used with amp='fp16', got amp={amp!r}")
-    if fused_teacher and method == "sup":
-        raise CpclError("fused_teacher=True has no effect with method='sup'")
     needed = BATCH_KEYS_SUP + (BATCH_KEYS_UNSUP if method != "sup" else ())
     missing = [k for k in needed if k not in batch]
     if missing:
@@ -105,6 +101,7 @@ def train_step(
             all-reduce). With fp16 the gradients it sees are still scaled.
         fused_teacher: NON-faithful speed opt-in: u0 and u1 go through each teacher in one
             forward, which changes the BN batch statistics and the running-statistics updates.
+            Ignored for method "sup" (no teachers).
         aux: optional dict that receives diagnostic tensors (mixed image, the 8 logits,
             pseudo labels, class weights); for tests and debugging.
 
@@ -113,7 +110,7 @@ def train_step(
     Terms that do not apply to `method` are 0 (for cps, `overlap` is the plain fraction of
     pixels where the two teachers agree).
     """
-    _check_args(method, amp, scaler, batch, fused_teacher)
+    _check_args(method, amp, scaler, batch)
     opt1, opt2 = optimizers
     device_type = batch["img"].device.type
     autocast = _autocast(amp, device_type)

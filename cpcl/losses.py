@@ -199,7 +199,11 @@ def pseudo_label_confusion(label_1: Tensor, label_2: Tensor, num_classes: int) -
     official matrix of the concatenated global batch.
     """
     idx = label_1.reshape(-1) * num_classes + label_2.reshape(-1)
-    counts = torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    # index_add_ rather than bincount: CUDA bincount reads max() back to the host to size its
+    # output, a sync on every iteration; the size is known here.
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=idx.device)
+    counts.index_add_(0, idx, torch.ones_like(idx))
+    counts = counts.view(num_classes, num_classes)
     if _dist_active():
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     return counts + torch.eye(num_classes, dtype=counts.dtype, device=counts.device)
