@@ -67,6 +67,76 @@ def _teacher_logits(
     return _logits(model(u0, step=step)), _logits(model(u1, step=step))
 
 
+def _forward_and_losses(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    sup_criterion: nn.Module,
+    unsup_weight: float,
+    method: str,
+    fused_teacher: bool,
+    aux: dict[str, Tensor] | None,
+) -> dict[str, Tensor]:
+    """The 8 (or 2 for "sup") forwards in the official order and the loss terms."""
+    img, gt = batch["img"], batch["gt"]
+    # The official call order fixes how the BN running statistics evolve: sup 1, sup 2,
+    # teacher 1 (u0, u1), teacher 2 (u0, u1), student 1, student 2.
+    sup_1 = _logits(model(img, step=1))
+    sup_2 = _logits(model(img, step=2))
+    zero = torch.zeros((), device=img.device, dtype=torch.float32)
+    terms = {
+        "loss_sup_1": sup_criterion(sup_1.float(), gt),
+        "loss_sup_2": sup_criterion(sup_2.float(), gt),
+        "loss_unsup": zero,
+        "loss_unsup_inter": zero,
+        "loss_unsup_union": zero,
+        "loss_cps": zero,
+        "overlap": zero.double(),
+    }
+    if aux is not None:
+        aux.update(logits_sup_1=sup_1.detach(), logits_sup_2=sup_2.detach())
+    if method == "sup":
+        return terms
+
+    u0, u1, mask = batch["img_u0"], batch["img_u1"], batch["mask"]
+    mask = mask.to(u0.dtype)
+    mixed = u0 * (1 - mask) + u1 * mask
+    with torch.no_grad():
+        tu0_1, tu1_1 = _teacher_logits(model, u0, u1, 1, fused_teacher)
+        tu0_2, tu1_2 = _teacher_logits(model, u0, u1, 2, fused_teacher)
+        # Mix the teacher LOGITS with the same mask, in float32 as the official code.
+        m = mask.float()
+        t1 = tu0_1.float() * (1 - m) + tu1_1.float() * m
+        t2 = tu0_2.float() * (1 - m) + tu1_2.float() * m
+    stu_1 = _logits(model(mixed, step=1))
+    stu_2 = _logits(model(mixed, step=2))
+    if method == "cpcl":
+        out = cpcl_pseudo_supervision(t1, t2, stu_1, stu_2, num_classes=t1.shape[1])
+        terms["loss_unsup_inter"] = out["loss_inter"]
+        terms["loss_unsup_union"] = out["loss_union"]
+        terms["overlap"] = out["overlap"]
+        terms["loss_unsup"] = unsup_weight * (out["loss_inter"] + out["loss_union"])
+        if aux is not None:
+            aux.update({k: v for k, v in out.items() if not k.startswith("loss")})
+    else:
+        terms["loss_cps"] = cps_loss(t1, t2, stu_1, stu_2)
+        with torch.no_grad():
+            terms["overlap"] = (t1.argmax(1) == t2.argmax(1)).double().mean()
+        terms["loss_unsup"] = unsup_weight * terms["loss_cps"]
+    if aux is not None:
+        aux.update(
+            unsup_imgs_mixed=mixed,
+            logits_u0_tea_1=tu0_1,
+            logits_u1_tea_1=tu1_1,
+            logits_u0_tea_2=tu0_2,
+            logits_u1_tea_2=tu1_2,
+            logits_cons_tea_1=t1,
+            logits_cons_tea_2=t2,
+            logits_cons_stu_1=stu_1.detach(),
+            logits_cons_stu_2=stu_2.detach(),
+        )
+    return terms
+
+
 def train_step(
     model: nn.Module,
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
@@ -112,69 +182,21 @@ def train_step(
     """
     _check_args(method, amp, scaler, batch)
     opt1, opt2 = optimizers
-    device_type = batch["img"].device.type
-    autocast = _autocast(amp, device_type)
 
     for opt in (opt1, opt2):
         set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
 
-    img, gt = batch["img"], batch["gt"]
-    # The official call order fixes how the BN running statistics evolve: sup 1, sup 2,
-    # teacher 1 (u0, u1), teacher 2 (u0, u1), student 1, student 2.
-    with autocast:
-        sup_1 = _logits(model(img, step=1))
-        sup_2 = _logits(model(img, step=2))
-    loss_sup_1 = sup_criterion(sup_1.float(), gt)
-    loss_sup_2 = sup_criterion(sup_2.float(), gt)
-
-    zero = torch.zeros((), device=img.device, dtype=torch.float32)
-    loss_inter = loss_union = loss_c = zero
-    overlap = zero.double()
-    unsup = zero
-    if method != "sup":
-        u0, u1, mask = batch["img_u0"], batch["img_u1"], batch["mask"]
-        mask = mask.to(u0.dtype)
-        mixed = u0 * (1 - mask) + u1 * mask
-        with torch.no_grad(), autocast:
-            tu0_1, tu1_1 = _teacher_logits(model, u0, u1, 1, fused_teacher)
-            tu0_2, tu1_2 = _teacher_logits(model, u0, u1, 2, fused_teacher)
-        # Mix the teacher LOGITS with the same mask (in float32, as the official code).
-        m = mask.float()
-        t1 = tu0_1.float() * (1 - m) + tu1_1.float() * m
-        t2 = tu0_2.float() * (1 - m) + tu1_2.float() * m
-        with autocast:
-            stu_1 = _logits(model(mixed, step=1))
-            stu_2 = _logits(model(mixed, step=2))
-        if method == "cpcl":
-            out = cpcl_pseudo_supervision(
-                t1, t2, stu_1, stu_2, num_classes=t1.shape[1], ignore_index=255
-            )
-            loss_inter, loss_union = out["loss_inter"], out["loss_union"]
-            overlap = out["overlap"]
-            unsup = unsup_weight * (loss_inter + loss_union)
-        else:
-            loss_c = cps_loss(t1, t2, stu_1, stu_2)
-            with torch.no_grad():
-                overlap = (t1.argmax(1) == t2.argmax(1)).double().mean()
-            unsup = unsup_weight * loss_c
-        if aux is not None:
-            aux.update(
-                unsup_imgs_mixed=mixed,
-                logits_u0_tea_1=tu0_1,
-                logits_u1_tea_1=tu1_1,
-                logits_u0_tea_2=tu0_2,
-                logits_u1_tea_2=tu1_2,
-                logits_cons_tea_1=t1,
-                logits_cons_tea_2=t2,
-                logits_cons_stu_1=stu_1.detach(),
-                logits_cons_stu_2=stu_2.detach(),
-            )
-            if method == "cpcl":
-                aux.update({k: v for k, v in out.items() if not k.startswith("loss")})
-    if aux is not None:
-        aux.update(logits_sup_1=sup_1.detach(), logits_sup_2=sup_2.detach())
-
+    # One autocast region for all forwards so each weight is cast to the low-precision dtype
+    # once per iteration (the cast cache lives until the outermost region exits). The cache
+    # is first filled by the supervised forwards, in grad mode, so the casts that the no-grad
+    # teachers and then the students reuse still carry gradients back to the fp32 weights.
+    # The loss maths casts its inputs to float32, so autocast leaves it untouched.
+    with _autocast(amp, batch["img"].device.type):
+        terms = _forward_and_losses(
+            model, batch, sup_criterion, unsup_weight, method, fused_teacher, aux
+        )
+    loss_sup_1, loss_sup_2, unsup = terms["loss_sup_1"], terms["loss_sup_2"], terms["loss_unsup"]
     loss = loss_sup_1 + loss_sup_2 + unsup
     if amp == "fp16":
         scaler.scale(loss).backward()
@@ -190,13 +212,4 @@ def train_step(
         opt1.step()
         opt2.step()
 
-    return {
-        "loss": loss.detach(),
-        "loss_sup_1": loss_sup_1.detach(),
-        "loss_sup_2": loss_sup_2.detach(),
-        "loss_unsup": unsup.detach(),
-        "loss_unsup_inter": loss_inter.detach(),
-        "loss_unsup_union": loss_union.detach(),
-        "loss_cps": loss_c.detach(),
-        "overlap": overlap.detach(),
-    }
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}

@@ -276,14 +276,29 @@ def test_cps_step_matches_its_definition(small):
 
 def test_bf16_autocast_is_close_to_fp32(small):
     model, batch = small
-    out32, _ = _run(copy.deepcopy(model), batch)
+    out32, g32 = _run(copy.deepcopy(model), batch)
     m = copy.deepcopy(model)
-    out16, grads = _run(m, batch, amp="bf16")
-    for key in ("loss_sup_1", "loss_sup_2", "loss"):
+    out16, g16 = _run(m, batch, amp="bf16")
+    # Pseudo labels can flip at near-ties under bf16, so the unsupervised terms get more slack.
+    for key, rel in (("loss_sup_1", 0.03), ("loss_sup_2", 0.03), ("loss", 0.05)):
         assert out16[key].dtype == torch.float32
-        assert out16[key].item() == pytest.approx(out32[key].item(), rel=5e-2), key
-    assert all(torch.isfinite(g).all() for g in grads.values())
+        assert out16[key].item() == pytest.approx(out32[key].item(), rel=rel), key
+    for key in ("loss_unsup_inter", "loss_unsup_union"):
+        assert out16[key].item() == pytest.approx(out32[key].item(), rel=0.15), key
+    assert all(torch.isfinite(g).all() for g in g16.values())
     assert all(p.dtype == torch.float32 for p in m.parameters())
+    # The unsupervised part of the gradient (cpcl minus sup) must survive the single autocast
+    # region (weight casts cached in grad mode, reused by the no-grad teachers and students).
+    _, g16_sup = _run(copy.deepcopy(model), batch, amp="bf16", method="sup")
+    _, g32_sup = _run(copy.deepcopy(model), batch, method="sup")
+    for name in ("branch1.classifier.weight", "branch2.classifier.weight"):
+        d16 = (g16[name] - g16_sup[name]).flatten()
+        d32 = (g32[name] - g32_sup[name]).flatten()
+        assert d32.norm() > 0
+        # Without the unsupervised gradient d16 would be 0; bf16 noise and flipped pseudo
+        # labels keep it from matching closely (cosine about 0.9 measured).
+        assert d16.norm() > 0.5 * d32.norm(), name
+        assert F.cosine_similarity(d16, d32, dim=0) > 0.6, name
 
 
 def test_fp16_with_grad_scaler_updates_both_branches(small):
