@@ -7,8 +7,9 @@ Prints a table and one JSON line, e.g.::
 Per setting: ms/iteration (median and mean of the timed iterations after warm-up), labelled
 images/s (`batch / median`; each iteration also runs 2*batch unlabelled images through both
 teachers and the mixed batch through both students) and peak memory (CUDA: max allocated;
-CPU: the process's peak resident set size, which only grows, so run one setting per process
-for a clean CPU figure).
+CPU: the peak resident set size of the whole process; with several amp modes they are
+interleaved iteration by iteration, so that figure covers all of them: run one mode per
+process for a per-mode CPU figure).
 """
 
 from __future__ import annotations
@@ -80,61 +81,97 @@ def _peak_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def bench_one(args: argparse.Namespace, amp: str) -> dict:
-    """Time `args.iters` iterations with autocast mode `amp`; return the measurements."""
-    device = torch.device(args.device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    model = Network(args.classes, backbone=args.backbone).to(device).train()
-    model = model.to(memory_format=fmt)
-    opts = build_optimizers(model, 0.005, 0.9, 1e-4)
-    batch = _batch(args, device, fmt)
-    if args.sup_loss == "ohem":
-        crit = ProbOhemCrossEntropy2d(thresh=0.7, min_kept=50000 * args.batch).to(device)
-    else:
-        crit = torch.nn.CrossEntropyLoss(ignore_index=255)
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class _Setting:
+    """One model + optimisers + batch for one amp mode, ready to run iterations."""
 
-    times = []
-    for it in range(args.warmup + args.iters):
+    def __init__(self, args: argparse.Namespace, amp: str) -> None:
+        self.args, self.amp = args, amp
+        self.device = torch.device(args.device)
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        torch.manual_seed(0)
+        model = Network(args.classes, backbone=args.backbone).to(self.device).train()
+        self.model = model.to(memory_format=fmt)
+        self.opts = build_optimizers(self.model, 0.005, 0.9, 1e-4)
+        self.batch = _batch(args, self.device, fmt)
+        if args.sup_loss == "ohem":
+            self.crit: torch.nn.Module = ProbOhemCrossEntropy2d(
+                thresh=0.7, min_kept=50000 * args.batch
+            ).to(self.device)
+        else:
+            self.crit = torch.nn.CrossEntropyLoss(ignore_index=255)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.times: list[float] = []
+        self.loss = float("nan")
+
+    def step(self, timed: bool) -> None:
+        """Run one iteration; record its wall time when `timed`."""
         t0 = time.perf_counter()
         out = train_step(
-            model,
-            opts,
-            batch,
+            self.model,
+            self.opts,
+            self.batch,
             0.005,
-            sup_criterion=crit,
+            sup_criterion=self.crit,
             unsup_weight=1.0,
-            method=args.method,
-            amp=amp,
-            scaler=scaler,
-            fused_teacher=args.fused_teacher,
+            method=self.args.method,
+            amp=self.amp,
+            scaler=self.scaler,
+            fused_teacher=self.args.fused_teacher,
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        if it >= args.warmup:
-            times.append(dt)
-    median = statistics.median(times)
-    return {
-        "backbone": args.backbone,
-        "crop": args.crop,
-        "batch": args.batch,
-        "method": args.method,
-        "amp": amp,
-        "device": device.type,
-        "channels_last": args.channels_last,
-        "fused_teacher": args.fused_teacher,
-        "iters": args.iters,
-        "ms_per_iter_median": round(median * 1e3, 1),
-        "ms_per_iter_mean": round(statistics.fmean(times) * 1e3, 1),
-        "ms_per_iter_min": round(min(times) * 1e3, 1),
-        "labelled_img_per_s": round(args.batch / median, 3),
-        "peak_mem_mb": round(_peak_mb(device), 1),
-        "final_loss": round(float(out["loss"]), 4),
-    }
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+            self.loss = float(out["loss"])
+
+    def result(self, peak_mb: float) -> dict:
+        """The measurements of this setting."""
+        a, times = self.args, self.times
+        median = statistics.median(times)
+        return {
+            "backbone": a.backbone,
+            "crop": a.crop,
+            "batch": a.batch,
+            "method": a.method,
+            "amp": self.amp,
+            "device": self.device.type,
+            "channels_last": a.channels_last,
+            "fused_teacher": a.fused_teacher,
+            "iters": len(times),
+            "ms_per_iter_median": round(median * 1e3, 1),
+            "ms_per_iter_mean": round(statistics.fmean(times) * 1e3, 1),
+            "ms_per_iter_min": round(min(times) * 1e3, 1),
+            "labelled_img_per_s": round(a.batch / median, 3),
+            "peak_mem_mb": round(peak_mb, 1),
+            "final_loss": round(self.loss, 4),
+        }
+
+
+def run_settings(args: argparse.Namespace) -> list[dict]:
+    """Time every amp mode of `args.amp`.
+
+    CPU: the modes are interleaved iteration by iteration so that load from other processes
+    hits all of them alike; the peak memory is then that of the whole process. CUDA: one mode
+    after the other, each with its own peak-memory counter.
+    """
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        rows = []
+        for amp in args.amp:
+            s = _Setting(args, amp)
+            torch.cuda.reset_peak_memory_stats(device)
+            for it in range(args.warmup + args.iters):
+                s.step(timed=it >= args.warmup)
+            rows.append(s.result(_peak_mb(device)))
+            del s
+            torch.cuda.empty_cache()
+        return rows
+    settings = [_Setting(args, amp) for amp in args.amp]
+    for it in range(args.warmup + args.iters):
+        for s in settings:
+            s.step(timed=it >= args.warmup)
+    peak = _peak_mb(device)
+    return [s.result(peak) for s in settings]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [bench_one(args, amp) for amp in args.amp]
+    rows = run_settings(args)
     header = (
         f"{'amp':<5} {'ms/iter (median)':>16} {'mean':>8} {'min':>8} {'img/s':>7} {'peak MB':>9}"
     )
