@@ -3,6 +3,7 @@
 The iteration reproduces the official loop body of `exp_voc/train.py` (forward order, BN
 running statistics, losses, one backward, two SGD steps) while keeping everything on the
 device: nothing in `train_step` syncs with the host, so logging decides when to call `.item()`.
+(The one exception is amp="fp16": `GradScaler.step` reads its inf/NaN check back to the host.)
 """
 
 from __future__ import annotations
