@@ -117,6 +117,9 @@ def _branch_forward(
         raise ValueError(f"branch={branch!r}: expected one of {', '.join(BRANCHES)}")
     if amp not in _AMP_DTYPES:
         raise ValueError(f"amp={amp!r}: expected one of {', '.join(_AMP_DTYPES)}")
+    from .checkpoint import unwrap  # DDP / torch.compile wrappers hide .branch1/.branch2
+
+    model = unwrap(model)
     if branch == "1":
         # A plain segmenter without branches is treated as branch 1 (benchmarks, tests).
         nets = [getattr(model, "branch1", model)]
