@@ -1,0 +1,157 @@
+"""The training loop end to end on tiny toy data: snapshots, logs, exact resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import cpcl.engine as engine
+from cpcl.checkpoint import load_checkpoint
+from cpcl.config import apply_overrides, load_preset
+from cpcl.data.toy import make_toy_voc
+
+TINY = [
+    "--backbone=resnet18",
+    "--pretrained_model=None",
+    "--batch_size=2",
+    "--image_height=32",
+    "--image_width=32",
+    "--nepochs=2",
+    "--niters_per_epoch=3",
+    "--num_workers=0",
+    "--snapshot_iter=1",
+    "--num_classes=4",
+    "--labeled_ratio=4",
+    "--display_iter=2",
+    "--device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy_voc")
+    make_toy_voc(root, n_train=16, n_val=4, height=40, width=48, num_classes=4, seed=0)
+    return root
+
+
+def _config(toy_root: Path, run: Path, *extra: str):
+    args = [*TINY, f"--dataset_path={toy_root}", f"--log_dir={run / 'log'}", *extra]
+    return apply_overrides(load_preset("voc"), args)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_main_trains_and_writes_official_snapshots_and_logs(toy_root, tmp_path, capsys):
+    args = [*TINY, f"--dataset_path={toy_root}", f"--log_dir={tmp_path / 'log'}"]
+    assert engine.main(load_preset("voc"), args) == 0
+    snap = tmp_path / "log" / "snapshot"
+    # Official schedule with nepochs=2, snapshot_iter=1: only the last epoch (index 1).
+    assert sorted(os.listdir(snap)) == ["epoch-1.pth", "epoch-last.pth"]
+    state = load_checkpoint(snap / "epoch-1.pth")
+    assert {"model", "optimizer_1", "optimizer_2", "epoch", "iteration"} <= set(state)
+    assert state["epoch"] == 1 and state["iteration"] == 6 and state["next_epoch"] == 2
+    assert state["config"]["backbone"] == "resnet18" and state["config"]["niters_per_epoch"] == 3
+    # Both branches were trained: their classifiers moved away from each other's init.
+    fresh = engine.Network(4, "resnet18").state_dict()
+    assert not torch.equal(
+        state["model"]["branch2.classifier.weight"], fresh["branch2.classifier.weight"]
+    )
+    log_dir = tmp_path / "log"
+    assert json.loads((log_dir / "config.json").read_text())["num_classes"] == 4
+    assert "git:" in (log_dir / "run_info.txt").read_text()
+    text = next(log_dir.glob("train_*.log")).read_text()
+    assert "epoch 2/2: loss=" in text and "overlap=" in text
+    assert any((log_dir / "tb").iterdir())
+
+
+class _StopAfter:
+    """Wraps train_step and sends SIGTERM to this process after `n` calls (preemption)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls, self.real = n, 0, engine.train_step
+
+    def __call__(self, *args, **kwargs):
+        out = self.real(*args, **kwargs)
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(toy_root, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Final weights of an uninterrupted 2-epoch run."""
+    run = tmp_path_factory.mktemp("full")
+    full = engine.fit(_config(toy_root, run), root=str(run))
+    assert not full["interrupted"] and len(full["epochs"]) == 2
+    return _params(Path(full["snapshot_dir"]) / "epoch-last.pth")
+
+
+@pytest.mark.parametrize("stop_after", [2, 3], ids=["mid-epoch", "epoch-boundary"])
+def test_interrupt_then_resume_reproduces_uninterrupted_run(
+    toy_root, tmp_path, monkeypatch, stop_after, reference_run
+):
+    reference = reference_run
+
+    monkeypatch.setattr(engine, "train_step", _StopAfter(stop_after))
+    part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
+    assert part["interrupted"]
+    snap = Path(part["snapshot_dir"])
+    state = load_checkpoint(snap / "interrupted.pth")
+    assert (state["next_epoch"], state["next_iter"]) == divmod(stop_after, 3)
+    monkeypatch.undo()
+
+    resumed = engine.fit(
+        _config(toy_root, tmp_path / "split"),
+        root=str(tmp_path),
+        resume=str(snap / "interrupted.pth"),
+    )
+    assert not resumed["interrupted"]
+    final = _params(snap / "epoch-last.pth")
+    assert list(final) == list(reference)
+    for key in reference:
+        assert torch.equal(final[key], reference[key]), key  # bit-exact on CPU
+
+
+def test_non_finite_loss_stops_with_iteration_and_parts(toy_root, tmp_path, monkeypatch):
+    real = engine.train_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, iteration 2
+            out = dict(out, loss_unsup_union=torch.tensor(float("nan")))
+        return out
+
+    monkeypatch.setattr(engine, "train_step", poisoned)
+    C = _config(toy_root, tmp_path)
+    with pytest.raises(engine.NonFiniteLossError) as err:
+        engine.fit(C, root=str(tmp_path))
+    msg = str(err.value)
+    assert "non-finite loss at iteration 4 (epoch 2, iteration 2 of the epoch)" in msg
+    assert "loss_unsup_union=nan" in msg and "loss_sup_1=" in msg
+    # The checkpoint of the last finished epoch is kept.
+    state = load_checkpoint(tmp_path / "log" / "snapshot" / "epoch-last.pth")
+    assert state["epoch"] == 0
+
+
+def test_main_reports_user_errors_without_traceback(tmp_path, capsys):
+    assert engine.main(load_preset("voc"), ["--nepoch=3"]) == 2
+    assert "unknown config key --nepoch; did you mean --nepochs?" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert (
+        engine.main(
+            load_preset("voc"), [*TINY, f"--dataset_path={missing}", f"--log_dir={tmp_path}"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
