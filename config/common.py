@@ -38,6 +38,7 @@ def defaults() -> EasyDict:
     C.image_mean = (0.485, 0.456, 0.406)
     C.image_std = (0.229, 0.224, 0.225)
     C.label_policy = "error"  # error | ignore (map out-of-range label values to 255)
+    C.class_names = None  # None: the dataset's official names; or a list of num_classes names
 
     # --- optimisation ---
     C.lr_power = 0.9

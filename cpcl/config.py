@@ -41,6 +41,7 @@ _NONE_DEFAULT_TYPES: dict[str, type] = {
     "max_samples": int,
     "niters_per_epoch": int,
     "eval_crop_size": int,
+    "class_names": tuple,
 }
 
 # Keys restricted to a fixed set of values.
@@ -91,17 +92,21 @@ def _parse_sequence(key: str, text: str, default: Sequence[Any]) -> tuple:
         value = (value,)
     if not isinstance(value, (list, tuple)):
         # Accept the shell-friendly form 0.75,1,1.25 as well.
-        try:
-            value = tuple(ast.literal_eval(part) for part in stripped.split(",") if part.strip())
-        except (ValueError, SyntaxError) as err:
-            raise ConfigError(
-                f"--{key}={text}: expected a list such as [0.75,1,1.25] or 0.75,1,1.25"
-            ) from err
-    elem_types = {type(v) for v in default}
+        value = tuple(_literal_or_text(part) for part in stripped.split(",") if part.strip())
+    numeric = key != "class_names" and all(isinstance(v, (int, float)) for v in default or (0,))
     for v in value:
-        if not isinstance(v, (int, float)) and elem_types <= {int, float}:
-            raise ConfigError(f"--{key}={text}: expected numbers, got {v!r}")
+        if numeric and not isinstance(v, (int, float)):
+            raise ConfigError(
+                f"--{key}={text}: expected a list of numbers such as [0.75,1,1.25] or 0.75,1,1.25"
+            )
     return tuple(value)
+
+
+def _literal_or_text(part: str) -> Any:
+    try:
+        return ast.literal_eval(part.strip())
+    except (ValueError, SyntaxError):
+        return part.strip()
 
 
 def parse_value(key: str, text: str, default: Any) -> Any:

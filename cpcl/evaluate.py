@@ -685,7 +685,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int:
     from .config import apply_overrides, finalize
-    from .data.datasets import build_dataset, class_names
+    from .data.datasets import build_dataset, resolve_class_names
 
     args, rest = _parser(prog).parse_known_args(list(argv))
     C = finalize(apply_overrides(C, rest), root=root)
@@ -701,7 +701,7 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         devices = parse_devices(args.devices)
     checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
     dataset = build_dataset(C, "val")
-    names = class_names(C.dataset_name)
+    names = resolve_class_names(C.dataset_name, C.num_classes, C.class_names)
     if args.verbose:
         print(
             f"dataset {C.dataset_path} ({len(dataset)} val images), devices "

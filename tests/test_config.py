@@ -80,6 +80,7 @@ def test_overrides_are_typed():
             "--niters_per_epoch=3",
             "--dataset_path=/data/voc",
             "--eval_stride_rate=2/3",
+            "--class_names=background,disc,square",
         ],
     )
     assert C.lr == 0.01 and isinstance(C.batch_size, int) and C.batch_size == 2
@@ -87,6 +88,7 @@ def test_overrides_are_typed():
     assert C.eval_scale_array == (0.75, 1, 1.25) and C.train_scale_array == (1.0,)
     assert C.niters_per_epoch == 3 and C.dataset_path == "/data/voc"
     assert C.eval_stride_rate == pytest.approx(2 / 3)
+    assert C.class_names == ("background", "disc", "square")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ def test_overrides_are_typed():
         ("--amp=fp8", "--amp=fp8: expected one of none, bf16, fp16"),
         ("--batch_size=0", "C.batch_size = 0: expected a positive integer"),
         ("lr=1", "cannot read argument 'lr=1': expected --key=value"),
-        ("--eval_scale_array=a,b", "--eval_scale_array=a,b: expected a list"),
+        ("--eval_scale_array=a,b", "--eval_scale_array=a,b: expected a list of numbers"),
     ],
 )
 def test_bad_overrides_name_key_and_expectation(arg, message):

@@ -359,3 +359,15 @@ def test_build_dataset_from_a_finalized_config(tmp_path: Path) -> None:
     C.dataset_path = str(tmp_path / "absent")
     with pytest.raises(DataError, match=r"dataset root not found(.|\n)*train_aug/label"):
         build_dataset(C, "val")
+
+
+def test_resolve_class_names_for_other_class_counts():
+    from cpcl.config import ConfigError
+    from cpcl.data.datasets import resolve_class_names
+
+    assert resolve_class_names("voc", 3) == ("background", "aeroplane", "bicycle")
+    names = resolve_class_names("cityscapes", 21)
+    assert len(names) == 21 and names[18] == "bicycle" and names[19:] == ("class_19", "class_20")
+    assert resolve_class_names("voc", 2, ["bg", "disc"]) == ("bg", "disc")
+    with pytest.raises(ConfigError, match=r"C\.class_names has 1 names but C\.num_classes = 2"):
+        resolve_class_names("voc", 2, ["bg"])

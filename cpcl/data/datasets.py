@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..config import ConfigError
 from ..errors import DataError
 from .splits import parse_split
 
@@ -109,6 +110,25 @@ def palette_for(dataset_name: str) -> np.ndarray:
 def class_names(dataset_name: str) -> tuple[str, ...]:
     """The class names of `dataset_name` in class-index order (official furnace names)."""
     return VOC_CLASSES if _norm_name(dataset_name) == "voc" else CITYSCAPES_CLASSES
+
+
+def resolve_class_names(
+    dataset_name: str, num_classes: int, names: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """`num_classes` names: the given `names` (C.class_names), else the dataset's official ones.
+
+    A model with fewer classes than the dataset (e.g. the toy data) uses the first names;
+    one with more gets `class_<k>` for the extra indices.
+    """
+    if names:
+        if len(names) != num_classes:
+            raise ConfigError(
+                f"C.class_names has {len(names)} names but C.num_classes = {num_classes}: "
+                "expected one name per class"
+            )
+        return tuple(str(n) for n in names)
+    official = class_names(dataset_name)[:num_classes]
+    return official + tuple(f"class_{k}" for k in range(len(official), num_classes))
 
 
 def expected_tree(dataset_name: str | None) -> str:
