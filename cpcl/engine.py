@@ -591,24 +591,13 @@ def _fit(
             )
             summary["epochs"].append(means)
             if info.is_main:
-                _save(
-                    os.path.join(C.snapshot_dir, "epoch-last.pth"),
-                    model,
-                    state,
-                    epoch=epoch,
-                    next_epoch=epoch + 1,
-                    next_iter=0,
-                    rng=rng,
-                )
+                names = ["epoch-last.pth"]
                 if snapshot_due(epoch, C.nepochs, C.snapshot_iter):
+                    names.append(f"epoch-{epoch}.pth")
+                for name in names:
+                    path = os.path.join(C.snapshot_dir, name)
                     _save(
-                        os.path.join(C.snapshot_dir, f"epoch-{epoch}.pth"),
-                        model,
-                        state,
-                        epoch=epoch,
-                        next_epoch=epoch + 1,
-                        next_iter=0,
-                        rng=rng,
+                        path, model, state, epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng
                     )
             if C.eval_every and (epoch + 1) % C.eval_every == 0:
                 summary["last_eval"] = _evaluate_during_training(model, C, info, state, epoch, log)
@@ -639,25 +628,16 @@ def _fit(
 def _evaluate_during_training(
     model: nn.Module, C: Any, info: DistInfo, state: TrainState, epoch: int, log: logging.Logger
 ) -> dict[str, Any]:
-    from .evaluate import evaluate_dataset  # late: evaluation is optional during training
+    from .evaluate import eval_settings, evaluate_dataset  # late: optional during training
 
     result = evaluate_dataset(
         model,
         build_dataset(C, "val"),
-        num_classes=C.num_classes,
-        crop_size=C.eval_crop_size,
-        stride_rate=C.eval_stride_rate,
-        scales=C.eval_scale_array,
-        flip=C.eval_flip,
-        mean=C.image_mean,
-        std=C.image_std,
         device=info.device,
-        window_batch=C.eval_window_batch,
-        amp=C.amp,
-        branch=C.eval_branch,
         rank=info.rank,
         world_size=info.world_size,
         progress=info.is_main,
+        **eval_settings(C),
     )
     log.info("epoch %d: val mIoU %.2f%%", epoch + 1, 100 * result["miou"])
     if state.scalars is not None:

@@ -514,7 +514,8 @@ def _load_snapshot(model: nn.Module, path: Path, num_classes: int) -> dict[str, 
     return ckpt
 
 
-def _eval_options(C: Any, args: argparse.Namespace) -> dict[str, Any]:
+def eval_settings(C: Any) -> dict[str, Any]:
+    """The protocol keyword arguments of `evaluate_dataset` taken from a finalized config."""
     return {
         "num_classes": C.num_classes,
         "crop_size": C.eval_crop_size,
@@ -526,9 +527,38 @@ def _eval_options(C: Any, args: argparse.Namespace) -> dict[str, Any]:
         "window_batch": C.eval_window_batch,
         "amp": C.amp,
         "branch": C.eval_branch,
-        "save_dir": args.save_path,
-        "show": bool(args.show_image),
     }
+
+
+def evaluate_snapshot(
+    C: Any,
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str,
+    save_dir: str | None = None,
+    palette: np.ndarray | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build `Network` from `C`, load the snapshot at `path` strictly, evaluate it on `C`'s val split."""
+    from .data.datasets import build_dataset
+    from .models import Network
+
+    model = Network(C.num_classes, C.backbone, bn_eps=C.bn_eps, bn_momentum=C.bn_momentum)
+    _load_snapshot(model, Path(path), C.num_classes)
+    model.to(device)
+    return evaluate_dataset(
+        model,
+        build_dataset(C, "val"),
+        device=device,
+        save_dir=save_dir,
+        palette=palette,
+        progress=progress,
+        **eval_settings(C),
+    )
+
+
+def _eval_options(C: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return {**eval_settings(C), "save_dir": args.save_path, "show": bool(args.show_image)}
 
 
 def _exports(C: Any, args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -23,13 +23,10 @@ from pathlib import Path
 import torch
 from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 
-from cpcl.checkpoint import load_weights
 from cpcl.config import apply_overrides, finalize, load_preset
-from cpcl.data.datasets import build_dataset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate import evaluate_dataset
-from cpcl.models import Network
+from cpcl.evaluate import evaluate_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,25 +46,9 @@ def run_one(method: str, seed: int, data: str, out: str, extra: list[str]) -> fl
         ],
     )
     summary = fit(C, root=out)
-    C = finalize(C, root=out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = Network(C.num_classes, C.backbone)
-    load_weights(model, os.path.join(summary["snapshot_dir"], "epoch-last.pth"))
-    model.to(device).eval()
-    result = evaluate_dataset(
-        model,
-        build_dataset(C, "val"),
-        num_classes=C.num_classes,
-        crop_size=C.eval_crop_size,
-        stride_rate=C.eval_stride_rate,
-        scales=C.eval_scale_array,
-        flip=C.eval_flip,
-        mean=C.image_mean,
-        std=C.image_std,
-        device=device,
-        window_batch=C.eval_window_batch,
-        progress=False,
-    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
+    result = evaluate_snapshot(finalize(C, root=out), snapshot, device=device, progress=False)
     return float(result["miou"])
 
 

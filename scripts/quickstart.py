@@ -26,15 +26,13 @@ import numpy as np
 import torch
 from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 
-from cpcl.checkpoint import load_weights
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.datasets import build_dataset, palette_for, resolve_class_names
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
 from cpcl.errors import CpclError
-from cpcl.evaluate import evaluate_dataset
+from cpcl.evaluate import evaluate_snapshot
 from cpcl.metrics import format_iou_table
-from cpcl.models import Network
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,28 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = fit(C, root=args.out, argv=[sys.argv[0], *(argv or sys.argv[1:])])
         C = finalize(C, root=args.out)
-        device = torch.device("cuda" if C.device != "cpu" and torch.cuda.is_available() else "cpu")
-        model = Network(C.num_classes, C.backbone)
-        load_weights(model, os.path.join(summary["snapshot_dir"], "epoch-last.pth"))
-        model.to(device).eval()
-        val = build_dataset(C, "val")
+        device = "cuda" if C.device != "cpu" and torch.cuda.is_available() else "cpu"
         palette = palette_for("voc")
         pred_dir = os.path.join(args.out, "pred")
-        result = evaluate_dataset(
-            model,
-            val,
-            num_classes=C.num_classes,
-            crop_size=C.eval_crop_size,
-            stride_rate=C.eval_stride_rate,
-            scales=C.eval_scale_array,
-            flip=C.eval_flip,
-            mean=C.image_mean,
-            std=C.image_std,
-            device=device,
-            window_batch=C.eval_window_batch,
-            save_dir=pred_dir,
-            palette=palette,
-        )
+        snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
+        result = evaluate_snapshot(C, snapshot, device=device, save_dir=pred_dir, palette=palette)
+        val = build_dataset(C, "val")
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
