@@ -683,6 +683,19 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     path.write_bytes("".join(line + "\n" for line in lines).encode())
 
 
+def _write_splits(
+    root: Path, folder: str, splits: dict[int, tuple[list[str], list[str]]]
+) -> list[str]:
+    """Write `<folder>/train_aug_{labeled,unlabeled}_1-<r>.txt` per ratio; return their paths."""
+    written = []
+    for r, (lab, unl) in splits.items():
+        for kind, lst in (("labeled", lab), ("unlabeled", unl)):
+            rel = f"{folder}/train_aug_{kind}_1-{r}.txt"
+            _write_lines(root / rel, lst)
+            written.append(rel)
+    return written
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -822,11 +835,7 @@ def make_toy_voc(
         pixels[split] = counts
         split_ids[split] = ids
     splits = _split_ids(split_ids["train"], seed, _VOC)
-    for r, (lab, unl) in splits.items():
-        for kind, lst in (("labeled", lab), ("unlabeled", unl)):
-            rel = f"subset_train_aug/train_aug_{kind}_1-{r}.txt"
-            _write_lines(root / rel, lst)
-            files.append(rel)
+    files += _write_splits(root, "subset_train_aug", splits)
     _write_lines(root / "train_aug.txt", split_ids["train"])
     _write_lines(root / "val.txt", split_ids["val"])
     files += ["train_aug.txt", "val.txt"]
@@ -901,11 +910,7 @@ def make_toy_cityscapes(
         pixels[split] = counts
         lines[split] = split_lines
     splits = _split_ids(lines["train"], seed, _CITY)
-    for r, (lab, unl) in splits.items():
-        for kind, lst in (("labeled", lab), ("unlabeled", unl)):
-            rel = f"config_new/subset_train/train_aug_{kind}_1-{r}.txt"
-            _write_lines(root / rel, lst)
-            files.append(rel)
+    files += _write_splits(root, "config_new/subset_train", splits)
     for split in ("train", "val"):
         _write_lines(root / f"config_new/{split}.txt", lines[split])
         files.append(f"config_new/{split}.txt")
