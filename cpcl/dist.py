@@ -114,21 +114,6 @@ def allreduce_grads(module: nn.Module) -> None:
             bucket, size = [], 0
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over all ranks (returns the input unchanged without a process group)."""
-    if not is_initialized():
-        return values
-    out = values.clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if is_initialized():
-        dist.barrier()
-
-
 def maybe_sync_batchnorm(model: nn.Module, info: DistInfo) -> tuple[nn.Module, str | None]:
     """Convert BN to SyncBatchNorm for multi-GPU runs; return the model and a warning (or None)."""
     if not info.distributed:

@@ -356,8 +356,3 @@ def build_dataset(C, split: str) -> SegDataset:
         label_policy=C.get("label_policy", "error"),
         dataset_name=C.get("dataset_name"),
     )
-
-
-def stems(entries: Sequence[tuple[str, str | None]]) -> list[str]:
-    """Image stems (file names without folder and extension) of list entries."""
-    return [Path(img).stem for img, _ in entries]

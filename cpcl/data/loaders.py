@@ -398,10 +398,3 @@ def build_train_loader(
         rank=rank,
         pin_memory=torch.cuda.is_available(),
     )
-
-
-def build_val_dataset(C: Any) -> Any:
-    """The validation dataset: helper A's `build_dataset(C, "val")`."""
-    from .datasets import build_dataset
-
-    return build_dataset(C, "val")
