@@ -131,3 +131,18 @@ def test_make_toy_data_script_keeps_a_complete_dataset(voc, capsys):
     assert "already present" in capsys.readouterr().out
     assert script.main(["--root", str(voc / "x"), "--n-train", "3"]) == 2
     assert "n_train=3" in capsys.readouterr().err
+
+
+def test_voc_toy_scene_in_memory_labels_and_errors():
+    from cpcl.data.toy import voc_toy_scene
+
+    img, label = voc_toy_scene(np.random.default_rng(5), 64, 80, [7, 12, 20], "easy")
+    assert img.shape == (64, 80, 3) and img.dtype == np.uint8 and label.shape == (64, 80)
+    values = set(np.unique(label).tolist())
+    assert 7 in values and values <= {0, 7, 12, 20}  # the first object is always placed
+    again = voc_toy_scene(np.random.default_rng(5), 64, 80, [7, 12, 20], "easy")
+    assert np.array_equal(again[0], img) and np.array_equal(again[1], label)
+    with pytest.raises(CpclError, match=r"objects=\[0, 3\]: expected ids in 1\.\.20"):
+        voc_toy_scene(np.random.default_rng(0), 64, 64, [0, 3])
+    with pytest.raises(CpclError, match="difficulty='hard'"):
+        voc_toy_scene(np.random.default_rng(0), 64, 64, [1], "hard")

@@ -16,10 +16,12 @@ Scene design (why the task needs shape and context, and why unlabeled images hel
   marks and sidewalks bottom) with cars, persons, trees and poles whose size follows depth,
   random car/clothing colours, ego-vehicle hoods (void, 255) and 1-px void rings around
   things, like the unlabeled borders of the real annotations.
-* With 1/8 of a few hundred images labeled, a small network sees each class in only a few
-  dozen appearance combinations (hue x texture x size x lighting) and overfits them; the
-  unlabeled images come from the same generator and show the combinations it missed, which
-  is the signal consistency-based semi-supervised learning exploits.
+* With few labeled images (the semi-supervised benchmark labels 16 of 128), a network sees
+  each class in only a few appearance combinations (hue x texture x size x placement x
+  lighting) and overfits them; the unlabeled images come from the same generator and show
+  the combinations it missed, which is the signal consistency-based semi-supervised
+  learning exploits. `voc_toy_scene` renders scenes in memory (for pre-training on the
+  objects a dataset does not use, see `cpcl.toy_pretrain`).
 
 Determinism: every image is drawn from its own `numpy.random.Generator` seeded by
 (seed, dataset, split, index); JPEG (fixed quality) and PNG encoding are deterministic, so
@@ -433,6 +435,28 @@ def _voc_scene(
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), label
+
+
+def voc_toy_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    objects: Sequence[int],
+    difficulty: str = "standard",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one VOC-toy scene in memory: (uint8 RGB image, uint8 label of object ids).
+
+    `objects` are ids 1..20 into `VOC_TOY_OBJECTS` (the first one is always placed, the
+    others when they fit); label 0 is background. Used to stream pre-training scenes.
+    """
+    if difficulty not in DIFFICULTY:
+        raise CpclError(f"difficulty={difficulty!r}: expected one of {', '.join(DIFFICULTY)}")
+    bad = [o for o in objects if not 1 <= int(o) <= len(VOC_TOY_OBJECTS)]
+    if not objects or bad:
+        raise CpclError(f"objects={list(objects)!r}: expected ids in 1..{len(VOC_TOY_OBJECTS)}")
+    return _voc_scene(
+        rng, height, width, [int(o) for o in objects], 1, _Grid(), DIFFICULTY[difficulty]
+    )
 
 
 # ----------------------------------------------------------------------------- Cityscapes-toy
