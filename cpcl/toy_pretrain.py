@@ -1,0 +1,123 @@
+"""A stand-in for ImageNet weights on the toy data: pre-train a ResNet backbone on other toy shapes.
+
+Every method in the paper starts from an ImageNet-pretrained backbone. From random weights, a
+few hundred CPU iterations leave the two CPCL teachers too weak for their pseudo labels to help,
+so the toy semi-supervised benchmark would measure optimisation speed, not the method. This
+module trains one DeepLabv3+ branch, fully supervised, on an endless stream of in-memory toy
+scenes that contain only the 15 *other* toy objects (`PRETRAIN_OBJECTS`, ids 6..20), and keeps
+its backbone in the layout `C.pretrained_model` loads. The benchmark's classes (objects 1..5),
+images and labels are never seen, so, like ImageNet for VOC, it gives generic features (edges,
+outlines, textures), not the answers.
+
+The result is cached next to a JSON file of the settings that made it; `pretrain_toy_backbone`
+returns the cached file when the settings match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .data.toy import voc_toy_scene
+from .data.transforms import normalize
+from .models.network import SingleNetwork
+from .presets.common import defaults
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_OBJECTS: tuple[int, ...] = tuple(range(6, 21))
+_OBJECTS_PER_SCENE = ((1, 2, 3, 4), (0.3, 0.35, 0.22, 0.13))  # as make_toy_voc draws them
+
+
+def _meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _batch(
+    rng: np.random.Generator, n: int, size: int, difficulty: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` random scenes as a normalised (n,3,size,size) float tensor and (n,size,size) labels."""
+    C = defaults()
+    imgs, labels = [], []
+    for _ in range(n):
+        k = int(rng.choice(_OBJECTS_PER_SCENE[0], p=_OBJECTS_PER_SCENE[1]))
+        objects = rng.choice(PRETRAIN_OBJECTS, k).tolist()
+        img, label = voc_toy_scene(rng, size, size, objects, difficulty)
+        # Object ids 6..20 become training classes 1..15 (0 stays background).
+        label = np.where(label > 0, label.astype(np.int64) - (PRETRAIN_OBJECTS[0] - 1), 0)
+        imgs.append(normalize(img, C.image_mean, C.image_std))
+        labels.append(label)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.stack(labels))
+
+
+def pretrain_toy_backbone(
+    out: str | Path,
+    *,
+    backbone: str = "resnet18",
+    iters: int = 400,
+    batch_size: int = 16,
+    size: int = 64,
+    lr: float = 0.05,
+    seed: int = 0,
+    difficulty: str = "standard",
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train (or reuse) a toy-pretrained backbone at `out` and return its path.
+
+    SGD (momentum 0.9, weight decay 1e-4) with the poly schedule (power 0.9), cross-entropy on
+    streamed `size`x`size` scenes of `PRETRAIN_OBJECTS`; seeded, so the same arguments give
+    the same weights on the same machine. The file holds `{'model': backbone state_dict}`.
+    """
+    out = Path(out)
+    params: dict[str, Any] = dict(
+        backbone=backbone,
+        iters=iters,
+        batch_size=batch_size,
+        size=size,
+        lr=lr,
+        seed=seed,
+        difficulty=difficulty,
+        objects=list(PRETRAIN_OBJECTS),
+    )
+    meta = _meta_path(out)
+    if out.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()).get("params") == params:
+                return out
+        except ValueError:
+            pass  # a damaged record: train again
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 2023])
+    net = SingleNetwork(1 + len(PRETRAIN_OBJECTS), backbone).to(device).train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    t0 = time.perf_counter()
+    losses: list[torch.Tensor] = []
+    bar = tqdm(range(iters), desc="toy pre-training", disable=not progress, leave=False)
+    for it in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - it / iters) ** 0.9
+        x, y = _batch(rng, batch_size, size, difficulty)
+        loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    final = float(torch.stack(losses[-20:]).mean()) if losses else float("nan")
+    save_checkpoint(out, net.backbone)
+    record = {"params": params, "final_loss": round(final, 4), "seconds": time.perf_counter() - t0}
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(meta)
+    log.info("toy backbone pre-trained in %.0f s (loss %.3f): %s", record["seconds"], final, out)
+    return out
