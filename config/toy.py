@@ -1,9 +1,14 @@
-"""Toy-data settings shared by scripts/quickstart.py and scripts/bench_semisup.py.
+"""Toy-data settings of scripts/quickstart.py and scripts/bench_semisup.py.
 
-The toy dataset (cpcl.data.toy, "easy" difficulty) and the short CPU schedule: two
+Quickstart: the toy dataset (cpcl.data.toy, "easy" difficulty) and a short CPU schedule: two
 DeepLabv3+ ResNet-18 branches from scratch, 64x64 crops, 1/8 of the images labeled, 120
 iterations. Mild scale augmentation because the toy objects are small; every other value
 is the official VOC preset.
+
+Semi-supervised benchmark: the same scenes, but few labeled images (1/8 of 128 = 16), so that
+training on the labeled part alone is data-limited as in the paper's low-label settings, and
+both branches start from a backbone pre-trained on the other toy shapes (cpcl.toy_pretrain,
+the stand-in for ImageNet weights).
 """
 
 NUM_CLASSES = 6
@@ -38,4 +43,19 @@ QUICKSTART_OVERRIDES = (
     "--snapshot_iter=1",
     "--display_iter=10",
     "--eval_crop_size=144",
+)
+
+# --- semi-supervised benchmark (scripts/bench_semisup.py) ---
+SEMISUP_DATA = dict(TOY_DATA, n_train=128, vary_size=True, seed=0)
+PRETRAIN = dict(backbone="resnet18", iters=400, batch_size=16, size=64, lr=0.05, seed=0)
+_SEMISUP_CHANGES = ("--nepochs=2", "--niters_per_epoch=60", "--num_workers=1", "--display_iter=20")
+# The quickstart settings with those changes; the benchmark adds --pretrained_model itself.
+SEMISUP_OVERRIDES = (
+    *(
+        o
+        for o in QUICKSTART_OVERRIDES
+        if o.split("=")[0]
+        not in {c.split("=")[0] for c in (*_SEMISUP_CHANGES, "--pretrained_model")}
+    ),
+    *_SEMISUP_CHANGES,
 )
