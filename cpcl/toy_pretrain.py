@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .checkpoint import save_checkpoint
 from .data.toy import voc_toy_scene
 from .data.transforms import normalize
+from .errors import CpclError
 from .models.network import SingleNetwork
 from .presets.common import defaults
 
@@ -79,6 +80,10 @@ def pretrain_toy_backbone(
     streamed `size`x`size` scenes of `PRETRAIN_OBJECTS`; seeded, so the same arguments give
     the same weights on the same machine. The file holds `{'model': backbone state_dict}`.
     """
+    for name, value, lo in (("iters", iters, 1), ("batch_size", batch_size, 1), ("size", size, 48)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            # Below 48 px the scene generator cannot always fit one whole object.
+            raise CpclError(f"pretrain_toy_backbone {name}={value!r}: expected an integer >= {lo}")
     out = Path(out)
     params: dict[str, Any] = dict(
         backbone=backbone,

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         help="parallel runs (default: 1 on a GPU, min(cpu_count, 6) on a CPU)",
     )  # fmt: skip
     args, extra = parser.parse_known_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected at least 1")
     t0 = time.perf_counter()
     if not is_complete(args.data, {"dataset": "voc", **SEMISUP_DATA}):
         print(f"writing the toy dataset to {args.data} ...", flush=True)

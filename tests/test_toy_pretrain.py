@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from cpcl.checkpoint import load_checkpoint
+from cpcl.errors import CpclError
 from cpcl.models.network import Network
 from cpcl.toy_pretrain import PRETRAIN_OBJECTS, _batch, pretrain_toy_backbone
 
@@ -49,3 +51,10 @@ def test_cache_reuse_and_determinism(tmp_path):
     assert a.stat().st_mtime_ns != stamp  # other settings: trained again
     wc = load_checkpoint(a)["model"]
     assert not torch.equal(wc["conv1.0.weight"], wb["conv1.0.weight"])
+
+
+@pytest.mark.parametrize(("key", "value"), [("iters", 0), ("batch_size", 1.5), ("size", 32)])
+def test_bad_settings_name_the_key(tmp_path, key, value):
+    with pytest.raises(CpclError, match=f"{key}={value!r}: expected an integer"):
+        pretrain_toy_backbone(tmp_path / "x.pth", **{**TINY, key: value})
+    assert not (tmp_path / "x.pth").exists()
