@@ -31,6 +31,7 @@ from .data.toy import voc_toy_scene
 from .data.transforms import normalize
 from .errors import CpclError
 from .models.network import SingleNetwork
+from .optim import WarmUpPolyLR, set_lr
 from .presets.common import defaults
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ def pretrain_toy_backbone(
     t0 = time.perf_counter()
     losses: list[torch.Tensor] = []
     bar = tqdm(range(iters), desc="toy pre-training", disable=not progress, leave=False)
+    schedule = WarmUpPolyLR(lr, 0.9, iters)
     for it in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * (1 - it / iters) ** 0.9
+        set_lr(opt, schedule.get_lr(it))
         x, y = _batch(rng, batch_size, size, difficulty)
         loss = F.cross_entropy(net(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
