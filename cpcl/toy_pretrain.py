@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import save_checkpoint
-from .data.toy import voc_toy_scene
+from .data.toy import OBJECTS_PER_IMAGE, voc_toy_scene
 from .data.transforms import normalize
 from .errors import CpclError
 from .models.network import SingleNetwork
@@ -37,7 +37,6 @@ from .presets.common import defaults
 log = logging.getLogger(__name__)
 
 PRETRAIN_OBJECTS: tuple[int, ...] = tuple(range(6, 21))
-_OBJECTS_PER_SCENE = ((1, 2, 3, 4), (0.3, 0.35, 0.22, 0.13))  # as make_toy_voc draws them
 
 
 def _meta_path(out: Path) -> Path:
@@ -51,7 +50,7 @@ def _batch(
     C = defaults()
     imgs, labels = [], []
     for _ in range(n):
-        k = int(rng.choice(_OBJECTS_PER_SCENE[0], p=_OBJECTS_PER_SCENE[1]))
+        k = int(rng.choice(OBJECTS_PER_IMAGE[0], p=OBJECTS_PER_IMAGE[1]))
         objects = rng.choice(PRETRAIN_OBJECTS, k).tolist()
         img, label = voc_toy_scene(rng, size, size, objects, difficulty)
         # Object ids 6..20 become training classes 1..15 (0 stays background).

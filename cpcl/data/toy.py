@@ -90,6 +90,8 @@ CITY_TOY_CLASSES: tuple[str, ...] = (
     "pole",
 )
 _CITY_MIN_CLASSES = 5
+# VOC: how many objects an image asks for (values, probabilities); at most 4 so they fit.
+OBJECTS_PER_IMAGE = ((1, 2, 3, 4), (0.3, 0.35, 0.22, 0.13))
 _MAX_FORCED_PER_IMAGE = 6  # VOC: most objects one image must carry so every class shows up
 
 # How reliable the class cues are and how much clutter there is, per difficulty:
@@ -836,7 +838,7 @@ def make_toy_voc(
         for i, name in enumerate(ids):
             rng = _rng(seed, _VOC, code, i)
             forced = [c for j, c in enumerate(cls_order) if j % n == i % n]
-            k = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.22, 0.13]))
+            k = int(rng.choice(OBJECTS_PER_IMAGE[0], p=OBJECTS_PER_IMAGE[1]))
             extra = rng.integers(1, num_classes, max(0, k - len(forced))).tolist()
             if vary_size:
                 h = round(height * rng.uniform(0.9, 1.1))
