@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,14 @@ def _meta_path(out: Path) -> Path:
 
 
 def _batch(
-    rng: np.random.Generator, n: int, size: int, difficulty: str
+    rng: np.random.Generator,
+    n: int,
+    size: int,
+    difficulty: str,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` random scenes as a normalised (n,3,size,size) float tensor and (n,size,size) labels."""
-    C = defaults()
     imgs, labels = [], []
     for _ in range(n):
         k = int(rng.choice(OBJECTS_PER_IMAGE[0], p=OBJECTS_PER_IMAGE[1]))
@@ -55,7 +60,7 @@ def _batch(
         img, label = voc_toy_scene(rng, size, size, objects, difficulty)
         # Object ids 6..20 become training classes 1..15 (0 stays background).
         label = np.where(label > 0, label.astype(np.int64) - (PRETRAIN_OBJECTS[0] - 1), 0)
-        imgs.append(normalize(img, C.image_mean, C.image_std))
+        imgs.append(normalize(img, mean, std))
         labels.append(label)
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     return x, torch.from_numpy(np.stack(labels))
@@ -102,6 +107,7 @@ def pretrain_toy_backbone(
                 return out
         except ValueError:
             pass  # a damaged record: train again
+    preset = defaults()  # the mean/std the training pipeline normalises with
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2023])
     net = SingleNetwork(1 + len(PRETRAIN_OBJECTS), backbone).to(device).train()
@@ -112,7 +118,7 @@ def pretrain_toy_backbone(
     schedule = WarmUpPolyLR(lr, 0.9, iters)
     for it in bar:
         set_lr(opt, schedule.get_lr(it))
-        x, y = _batch(rng, batch_size, size, difficulty)
+        x, y = _batch(rng, batch_size, size, difficulty, preset.image_mean, preset.image_std)
         loss = F.cross_entropy(net(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

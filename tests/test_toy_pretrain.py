@@ -18,8 +18,9 @@ TINY = dict(iters=2, batch_size=2, size=48, progress=False)
 
 
 def test_batch_labels_use_only_the_pretraining_objects():
-    x, y = _batch(np.random.default_rng(0), 6, 48, "standard")
+    x, y = _batch(np.random.default_rng(0), 6, 48, "standard", (0.5, 0.5, 0.5), (0.25,) * 3)
     assert x.shape == (6, 3, 48, 48) and x.dtype == torch.float32
+    assert x.min() >= -2.0 and x.max() <= 2.0  # (v/255 - 0.5) / 0.25 spans [-2, 2]
     assert y.dtype == torch.int64 and y.shape == (6, 48, 48)
     values = set(torch.unique(y).tolist())
     # 15 objects -> classes 1..15; every scene carries at least one object.
