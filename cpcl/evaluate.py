@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.transforms import normalize_lut
 from .errors import CheckpointError, CpclError
 from .metrics import all_reduce_hist, confusion_matrix, format_iou_table, scores
 
@@ -68,19 +69,10 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 def normalisation_lut(mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """A (3, 256) float32 table: entry [c, v] is the official normalisation of value v.
 
-    Official arithmetic: ``v.astype(float32) / 255.0`` (float32), minus the float64 mean and
-    divided by the float64 std (float64), rounded to float32 when the tensor is made. A table
-    lookup reproduces those values bit for bit on any device.
+    The training pipeline's table (`cpcl.data.transforms.normalize_lut`, official arithmetic
+    bit for bit), transposed for a per-channel lookup on any device.
     """
-    mean64 = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std64 = np.asarray(std, dtype=np.float64).reshape(-1)
-    if mean64.shape != (3,) or std64.shape != (3,) or np.any(std64 <= 0):
-        raise ValueError(
-            f"mean={tuple(mean)!r}, std={tuple(std)!r}: expected 3 values each, std > 0"
-        )
-    v = np.arange(256, dtype=np.float32) / np.float32(255.0)
-    table = (v.astype(np.float64)[None, :] - mean64[:, None]) / std64[:, None]
-    return torch.from_numpy(table.astype(np.float32))
+    return torch.from_numpy(np.ascontiguousarray(normalize_lut(mean, std).T))
 
 
 def window_starts(padded: int, crop: int, stride: int) -> list[int]:
