@@ -114,7 +114,13 @@ def _failing_worker(rank: int, world: int, port: int) -> None:
     if rank == 1:
         raise RuntimeError("rank 1 broke on purpose")
     t = torch.ones(1)
-    dist.all_reduce(t)  # rank 0 would wait here forever if nobody ended it
+    try:
+        dist.all_reduce(t)  # rank 0 would wait here forever if nobody ended it
+    except RuntimeError:
+        # Gloo ends rank 0 with "connection closed by peer" at once; let rank 1's exit reach
+        # mp.spawn first so the reported error is deterministically the root cause.
+        time.sleep(2)
+        raise
     cdist.cleanup()
 
 
