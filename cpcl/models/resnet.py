@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
+__all__ = ["ResNet", "dilated_layout", "resnet18", "resnet34", "resnet50", "resnet101"]
 
 
 def _bn(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
@@ -87,12 +87,51 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def dilated_layout(
+    blocks: Sequence[int],
+    replace_stride_with_dilation: Sequence[bool],
+    multi_grid: Sequence[int] | None = None,
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """Per-layer strides and per-block dilations of torchvision's `replace_stride_with_dilation`.
+
+    This is the scheme of the U2PL and UniMatch backbones (both copy torchvision's `_make_layer`):
+    a replaced layer gets stride 1 and doubles the running dilation, but its *first* block keeps
+    the previous dilation (times `multi_grid[0]`); the other blocks get the new dilation (times
+    `multi_grid[i]`). `multi_grid` applies to layer4 only (U2PL: `[2, 2, 4]`). Returns
+    `(strides, dilations)` for layer1..layer4, to pass to `ResNet(layer_strides=...,
+    layer_dilations=...)`.
+    """
+    if len(blocks) != 4 or len(replace_stride_with_dilation) != 3:
+        raise ValueError(
+            f"dilated_layout: expected 4 block counts and 3 replace flags, got {list(blocks)} "
+            f"and {list(replace_stride_with_dilation)}"
+        )
+    if multi_grid is not None and len(multi_grid) != blocks[3]:
+        raise ValueError(
+            f"multi_grid={list(multi_grid)}: expected one factor per layer4 block ({blocks[3]})"
+        )
+    strides, dilations = [1], [(1,) * blocks[0]]
+    dilation = 1
+    for i, replace in enumerate(replace_stride_with_dilation):
+        n = blocks[i + 1]
+        previous = dilation
+        if replace:
+            dilation *= 2
+        grids = list(multi_grid) if (multi_grid is not None and i == 2) else [1] * n
+        strides.append(1 if replace else 2)
+        dilations.append((previous * grids[0], *(dilation * g for g in grids[1:])))
+    return tuple(strides), tuple(dilations)
+
+
 class ResNet(nn.Module):
     """ResNet trunk returning `[layer1, layer2, layer3, layer4]` outputs.
 
     output_stride 16 (the official segmentation setting) removes the stride of layer4 and
     dilates the 3x3 convs of its blocks by 2, 4, 8 (the official multi-grid); the first
     block's 1x1 downsample conv then has stride 1. output_stride 32 is the plain classifier trunk.
+    `layer_strides` / `layer_dilations` (see `dilated_layout`) replace that choice with an explicit
+    layout (U2PL: output stride 8 with multi-grid; UniMatch: torchvision-style output stride 16);
+    `maxpool_ceil_mode` is U2PL's stem max-pool (`ceil_mode=True`).
     """
 
     def __init__(
@@ -105,6 +144,9 @@ class ResNet(nn.Module):
         output_stride: int = 16,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        layer_strides: Sequence[int] | None = None,
+        layer_dilations: Sequence[Sequence[int]] | None = None,
+        maxpool_ceil_mode: bool = False,
     ) -> None:
         super().__init__()
         if output_stride not in (16, 32):
@@ -126,15 +168,27 @@ class ResNet(nn.Module):
             self.inplanes = 64
         self.bn1 = _bn(self.inplanes, bn_eps, bn_momentum)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        if output_stride == 16:
-            dilations = [2 ** (i + 1) for i in range(layers[3])]
-            self.layer4 = self._make_layer(block, 512, layers[3], stride=1, dilations=dilations)
-        else:
-            self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=maxpool_ceil_mode)
+        if (layer_strides is None) != (layer_dilations is None):
+            raise ValueError("layer_strides and layer_dilations must be given together")
+        if layer_strides is None:
+            # The official CPCL layout: layer4 unstrided with multi-grid dilations 2, 4, 8.
+            layer_strides = (1, 2, 2, 1 if output_stride == 16 else 2)
+            layer_dilations = [[1] * n for n in layers]
+            if output_stride == 16:
+                layer_dilations[3] = [2 ** (i + 1) for i in range(layers[3])]
+        for n, dil in zip(layers, layer_dilations, strict=True):
+            if len(dil) != n:
+                raise ValueError(
+                    f"layer_dilations={layer_dilations}: expected {list(layers)} blocks"
+                )
+        stages = [
+            self._make_layer(block, planes, n, stride=s, dilations=d)
+            for planes, n, s, d in zip(
+                (64, 128, 256, 512), layers, layer_strides, layer_dilations, strict=True
+            )
+        ]
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = (64, 128, 256, 512) if block is BasicBlock else (256, 512, 1024, 2048)
         self._init_weights()
 
