@@ -13,7 +13,7 @@
 
 Any config key can be overridden (`--nepochs=8 --lr=0.01`), as with exp_voc/train.py.
 
-Ctrl-C (or SIGTERM) during training writes `<out>/snapshot/interrupted.pth`, skips the
+Ctrl-C (or SIGTERM) during training writes `interrupted.pth` in the snapshot folder, skips the
 evaluation, prints the command that resumes from it (`-c <that file>`, same options) and
 exits with code 130 (the shell's code for an interrupted command), so a script running the
 quickstart can tell an interrupted run from a finished one (0) or an error (2).
