@@ -35,7 +35,7 @@ _TEMP_RE = re.compile(
 )
 # Temp files of cpcl <= 0.x (`tempfile.mkstemp(prefix=".<target>.", suffix=".tmp")`): no pid.
 _LEGACY_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<token>[a-z0-9_]{8})\.tmp$")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # EDQUOT: quota (POSIX)
 # torch.save wraps a failed write of its zip writer into a RuntimeError naming this file.
 _TORCH_WRITE_FAILURE = ("inline_container", "PytorchStreamWriter")
 STALE_AFTER_S = 600.0
