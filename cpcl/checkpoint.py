@@ -65,10 +65,15 @@ def _not_a_checkpoint(path: Path) -> str | None:
     else:
         text = head[:40].decode("ascii", errors="replace")
         if text.isprintable():
-            detail = f"it is text starting with {text!r} (a failed download often saves a web page)"
+            detail = (
+                f"it is text starting with {text!r}, not a torch.save file (a failed download "
+                "often saves a web page)"
+            )
         else:
-            detail = f"it starts with the bytes {head[:8].hex(' ')}"
-        detail += " (a torch.save file is a zip archive or a torch pickle)"
+            detail = (
+                f"it starts with the bytes {head[:8].hex(' ')}, not a torch.save file (a zip "
+                "archive or a torch pickle)"
+            )
     return f"{path} is not a checkpoint (corrupt or wrong file): {detail}"
 
 

@@ -121,13 +121,11 @@ def write_error(
             f"free some space or write to another folder (a previous {path.name}, if any, "
             "is unchanged)"
         )
-    if os_err is not None:
-        reason = os_err.strerror or str(os_err)
-    else:
-        reason = str(err).strip().splitlines()[0]
-    return OutputError(
-        f"cannot write {path} ({reason}; {space}); a previous {path.name}, if any, is unchanged"
-    )
+    unchanged = f"a previous {path.name}, if any, is unchanged"
+    if os_err is not None:  # read-only, permission, I/O error: the space is not the problem
+        return OutputError(f"cannot write {path} ({os_err.strerror or os_err}); {unchanged}")
+    reason = str(err).strip().splitlines()[0]
+    return OutputError(f"cannot write {path} ({reason}; {space}); {unchanged}")
 
 
 def _fsync_dir(folder: Path) -> None:
