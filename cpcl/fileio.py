@@ -83,14 +83,12 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _root_oserror(err: BaseException) -> OSError | None:
-    # The OSError behind `err` (itself, or what torch's RuntimeError was raised while handling).
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError):
-            return err
+def _cause_oserror(err: BaseException) -> OSError | None:
+    # The OSError that torch's RuntimeError was raised while handling (its Python write failed).
+    for _ in range(10):
         err = err.__cause__ or err.__context__
-        seen += 1
+        if err is None or isinstance(err, OSError):
+            return err
     return None
 
 
@@ -99,15 +97,17 @@ def write_error(
 ) -> OutputError | None:
     """The OutputError describing a failed write of `path`, or None if `err` is no write failure.
 
-    Disk full (ENOSPC/EDQUOT, or torch's "inline_container" write failure while the disk has
-    less free space than `size`) names the path, the free space and about how much is needed.
+    Write failures are OSErrors and torch's RuntimeError "[enforce fail at inline_container.cc
+    ...] PytorchStreamWriter failed writing ...". Disk full (ENOSPC/EDQUOT, or that torch
+    failure while the disk has less free space than `size`) names the path, the free space
+    and about how much is needed.
     """
     path = Path(path)
-    os_err = _root_oserror(err)
-    torch_failure = isinstance(err, RuntimeError) and any(
-        s in str(err) for s in _TORCH_WRITE_FAILURE
-    )
-    if os_err is None and not torch_failure:
+    if isinstance(err, OSError):
+        os_err = err
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILURE):
+        os_err = _cause_oserror(err)
+    else:
         return None
     free = _free_bytes(path.parent)
     need = f"about {format_bytes(size)} needed" if size is not None else "size unknown"

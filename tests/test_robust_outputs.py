@@ -25,6 +25,7 @@ from cpcl.fileio import (
     ensure_writable_dir,
     format_bytes,
     remove_stale_temps,
+    write_error,
 )
 from cpcl.models import Network
 from cpcl.runlog import setup_logger, write_run_info
@@ -195,6 +196,20 @@ def test_unrelated_errors_while_saving_are_not_disguised(tmp_path, monkeypatch, 
     with pytest.raises(RuntimeError, match="some tensor problem"):
         save_checkpoint(tmp_path / "x.pth", small)
     assert os.listdir(tmp_path) == []
+
+
+def test_only_write_failures_become_output_errors(tmp_path):
+    try:
+        try:
+            raise FileNotFoundError(errno.ENOENT, "a file torch looked for")
+        except OSError:
+            raise RuntimeError("some tensor problem") from None
+    except RuntimeError as err:
+        assert write_error(tmp_path / "x.pth", err, 10) is None
+    torch_err = RuntimeError(TORCH_WRITE_FAILURE)
+    torch_err.__context__ = OSError(errno.EIO, os.strerror(errno.EIO))
+    message = str(write_error(tmp_path / "x.pth", torch_err, 10))
+    assert message.startswith(f"cannot write {tmp_path / 'x.pth'} (Input/output error)")
 
 
 def test_disk_full_at_fsync_and_for_text_files(tmp_path, monkeypatch):
