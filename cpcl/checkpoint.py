@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .fileio import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +31,77 @@ _PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5  # keys listed per category in a mismatch message
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+# The 0x1950a86a20f9469cfc6c magic number that starts a legacy (pre-zip) torch.save pickle.
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` is no torch.save file at all (from its bytes), or None if it looks like one."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None  # unreadable: the caller reports the OS error itself
+    if size == 0:
+        detail = "it is empty (0 bytes)"
+    elif head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return (
+                f"{path} is not a checkpoint (corrupt or wrong file): it is a truncated or "
+                f"damaged zip archive ({size} bytes), e.g. an interrupted copy or download"
+            )
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return None
+        detail = "it is a zip archive without the data.pkl entry of a torch.save file"
+    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if _LEGACY_MAGIC in head:
+            return None
+        detail = "it is a plain Python pickle, not written by torch.save"
+    else:
+        text = head[:40].decode("ascii", errors="replace")
+        if text.isprintable():
+            detail = (
+                f"it is text starting with {text!r}, not a torch.save file (a failed download "
+                "often saves a web page)"
+            )
+        else:
+            detail = (
+                f"it starts with the bytes {head[:8].hex(' ')}, not a torch.save file (a zip "
+                "archive or a torch pickle)"
+            )
+    return f"{path} is not a checkpoint (corrupt or wrong file): {detail}"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file as plain data (tensors, numbers, strings, containers)."""
+    """Read a checkpoint file as plain data (tensors, numbers, strings, containers).
+
+    A file that is no torch.save file at all (random bytes, empty, truncated archive, a web
+    page) is reported as "not a checkpoint (corrupt or wrong file)"; a real checkpoint that
+    stores Python objects needing arbitrary unpickling is refused as such.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        wrong = _not_a_checkpoint(path)
+        if wrong is not None:
+            raise CheckpointError(wrong) from None
+        if not isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {err} (is it a complete torch.save file?)"
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"refused to load {path}: it needs arbitrary unpickling (it stores Python objects "
             f"other than tensors and plain containers), and a checkpoint is loaded as data only. "
             f"Nothing in it was run. Re-save it with tensors and builtin types only. ({first})"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {err} (is it a complete torch.save file?)"
         ) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
@@ -196,27 +251,30 @@ def _as_data(value: Any) -> Any:
     return value.state_dict() if hasattr(value, "state_dict") else value
 
 
+def state_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about the size `torch.save` writes."""
+    if torch.is_tensor(obj):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra_state: Any) -> Path:
     """Write `{'model': state_dict, **extra_state}` atomically and return the path.
 
     The official snapshot layout is `model`, `optimizer_1`, `optimizer_2`, `epoch`,
     `iteration`; pass those as keyword arguments (objects with `state_dict()` are stored by
     it). The file is written to a temporary name in the same folder, flushed to disk and
-    renamed, so an interruption never leaves a truncated checkpoint under `path`.
+    renamed (`cpcl.fileio.atomic_write`), so an interruption never leaves a truncated
+    checkpoint under `path`; temp files of earlier killed saves in that folder are removed
+    first. A full disk or read-only folder raises OutputError naming the path and the space
+    needed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": unwrap(model).state_dict()}
     state.update({k: _as_data(v) for k, v in extra_state.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    remove_stale_temps(path.parent)
+    return atomic_write(path, lambda f: torch.save(state, f), size=state_nbytes(state))

@@ -11,3 +11,7 @@ class DataError(CpclError):
 
 class CheckpointError(CpclError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+class OutputError(CpclError):
+    """An output folder or file that cannot be written (read-only, no permission, disk full)."""

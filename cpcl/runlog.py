@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .config import to_plain
+from .fileio import atomic_write_text, ensure_writable_dir
 
 LOGGER_NAME = "cpcl"
 
@@ -48,7 +49,7 @@ def setup_logger(log_dir: str | None, *, is_main: bool, prefix: str = "train") -
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if is_main and log_dir:
-        os.makedirs(log_dir, exist_ok=True)
+        ensure_writable_dir(log_dir, "log folder")  # OutputError naming it, not a raw OSError
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         file_handler = logging.FileHandler(os.path.join(log_dir, f"{prefix}_{stamp}.log"))
         file_handler.setFormatter(fmt)
@@ -58,14 +59,19 @@ def setup_logger(log_dir: str | None, *, is_main: bool, prefix: str = "train") -
 
 
 def write_run_info(log_dir: str, C: Any, argv: list[str] | None) -> None:
-    """Write the resolved config, the command line and the code version next to the logs."""
-    os.makedirs(log_dir, exist_ok=True)
+    """Write the resolved config, the command line and the code version next to the logs.
+
+    Both files are written atomically: an interruption or a serialisation error leaves the
+    previous version (or nothing), never half a file.
+    """
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(log_dir, "config.json"), "w") as f:
-        json.dump(to_plain(C), f, indent=2, sort_keys=True)
+    config = json.dumps(to_plain(C), indent=2, sort_keys=True)
+    atomic_write_text(os.path.join(log_dir, "config.json"), config)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *(argv or sys.argv)])
-    with open(os.path.join(log_dir, "run_info.txt"), "w") as f:
-        f.write(f"command: {command}\ncwd: {os.getcwd()}\ngit: {git_commit(repo)}\n")
+    atomic_write_text(
+        os.path.join(log_dir, "run_info.txt"),
+        f"command: {command}\ncwd: {os.getcwd()}\ngit: {git_commit(repo)}\n",
+    )
 
 
 class Scalars:

@@ -31,6 +31,7 @@ from .checkpoint import save_checkpoint
 from .data.toy import OBJECTS_PER_IMAGE, voc_toy_scene
 from .data.transforms import normalize
 from .errors import CpclError
+from .fileio import atomic_write_text
 from .models.network import SingleNetwork
 from .optim import WarmUpPolyLR, set_lr
 from .presets.common import defaults
@@ -127,8 +128,6 @@ def pretrain_toy_backbone(
     final = float(torch.stack(losses[-20:]).mean()) if losses else float("nan")
     save_checkpoint(out, net.backbone)
     record = {"params": params, "final_loss": round(final, 4), "seconds": time.perf_counter() - t0}
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(meta)
+    atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
     log.info("toy backbone pre-trained in %.0f s (loss %.3f): %s", record["seconds"], final, out)
     return out

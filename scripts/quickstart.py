@@ -1,6 +1,7 @@
 """Quickstart: the whole CPCL method on a built-in toy dataset, on a CPU in about 3 minutes.
 
-    python scripts/quickstart.py [--device auto|cpu|cuda] [--out runs/quickstart] [--key=value ...]
+    python scripts/quickstart.py [--device auto|cpu|cuda] [--out runs/quickstart] [-c CKPT]
+                                 [--key=value ...]
 
 1. writes the toy VOC-layout dataset (JPEG images, palette PNG labels, CPS split lists) to
    DATA/toy_voc if it is not there yet;
@@ -11,12 +12,18 @@
 4. prints where the snapshots, TensorBoard logs and pictures are.
 
 Any config key can be overridden (`--nepochs=8 --lr=0.01`), as with exp_voc/train.py.
+
+Ctrl-C (or SIGTERM) during training writes `interrupted.pth` in the snapshot folder, skips the
+evaluation, prints the command that resumes from it (`-c <that file>`, same options) and
+exits with code 130 (the shell's code for an interrupted command), so a script running the
+quickstart can tell an interrupted run from a finished one (0) or an error (2).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,6 +42,7 @@ from cpcl.evaluate import evaluate_snapshot
 from cpcl.metrics import format_iou_table
 
 REPO = Path(__file__).resolve().parents[1]
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
 def picture_grid(dataset, pred_dir: str, palette: np.ndarray, out: str, n: int = 4) -> str:
@@ -53,12 +61,35 @@ def picture_grid(dataset, pred_dir: str, palette: np.ndarray, out: str, n: int =
     return out
 
 
+def _stopped(summary: dict, command: list[str]) -> int:
+    """Report an interrupted training and how to resume it; the exit code for that case."""
+    snapshot = os.path.join(summary["snapshot_dir"], "interrupted.pth")
+    options = []
+    skip = False
+    for arg in command[1:]:  # the same options, minus an earlier -c/--continue
+        if skip:
+            skip = False
+        elif arg in ("-c", "--continue"):
+            skip = True
+        elif not arg.startswith(("-c=", "--continue=")):
+            options.append(arg)
+    resume = shlex.join([sys.executable, command[0], *options, "-c", snapshot])
+    print(
+        f"\ntraining interrupted: the state is saved in {snapshot}; evaluation skipped.\n"
+        f"resume with:\n  {resume}"
+    )
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the quickstart; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data", default=str(REPO / "DATA" / "toy_voc"), help="toy dataset folder")
     parser.add_argument("--out", default=str(REPO / "runs" / "quickstart"), help="run folder")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "-c", "--continue", dest="resume", metavar="CKPT", help="resume training from this file"
+    )
     args, overrides = parser.parse_known_args(argv)
     start = time.perf_counter()
     try:
@@ -75,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 *overrides,
             ],
         )
-        summary = fit(C, root=args.out, argv=[sys.argv[0], *(argv or sys.argv[1:])])
+        command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+        summary = fit(C, root=args.out, resume=args.resume, argv=command)
+        if summary.get("interrupted"):
+            return _stopped(summary, command)
         C = finalize(C, root=args.out)
         device = "cuda" if C.device != "cpu" and torch.cuda.is_available() else "cpu"
         palette = palette_for("voc")
@@ -86,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (data writing, evaluation): nothing to resume
+        print("\nquickstart interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     names = resolve_class_names("voc", C.num_classes, C.class_names)
     print(format_iou_table(result["iou"], result["pixel_acc"], names))
     grid = picture_grid(val, pred_dir, palette, os.path.join(args.out, "quickstart_grid.png"))

@@ -138,12 +138,54 @@ def expected_tree(dataset_name: str | None) -> str:
     return VOC_TREE if _norm_name(dataset_name) == "voc" else CITYSCAPES_TREE
 
 
+_JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xda", b"\xff\xd9"
+_PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def truncation(data: bytes) -> str | None:
+    """Why the encoded JPEG/PNG `data` is incomplete, or None (other formats are not checked).
+
+    Decoders fill a cut-off image with grey and only warn, so the end is checked first: a
+    JPEG needs its end-of-image marker after the last start-of-scan (byte stuffing keeps
+    FF D9 out of scan data; data appended after the marker is allowed), a PNG its IEND chunk.
+    A complete file usually ends with the marker, which is found at once.
+    """
+    if data.startswith(_JPEG_SOI):
+        if data.endswith(_JPEG_EOI):
+            return None
+        sos = data.rfind(_JPEG_SOS)
+        if sos != -1 and data.find(_JPEG_EOI, sos) != -1:
+            return None
+        return "truncated JPEG: its end-of-image marker (FF D9) is missing"
+    if data.startswith(_PNG_SIGNATURE):
+        if data.rfind(_PNG_IEND) != -1:  # found at once when the chunk ends the file
+            return None
+        return "truncated PNG: its IEND chunk is missing"
+    return None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as an HxWx3 uint8 RGB array; a missing or undecodable file -> DataError."""
+    """Read an image as an HxWx3 uint8 RGB array.
+
+    A missing, unreadable, empty, truncated (`truncation`) or undecodable file is a DataError
+    naming it; `SegDataset.load` adds the split-list line.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"image not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err.strerror or err}") from err
+    problem = "the file is empty" if not data else truncation(data)
+    if problem is not None:
+        raise DataError(
+            f"cannot use image {path} ({len(data)} bytes): {problem}; an interrupted copy or "
+            "download? Copy or re-extract the file"
+        )
+    # Same decoder (and EXIF orientation handling) as cv2.imread, on the bytes already read.
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"cannot decode image {path}: expected a JPEG/PNG image file")
     # cv2 gives BGR; the official datasets flip to RGB before normalisation.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..fileio import atomic_write_text
 
 LAYOUTS = ("auto", "cps", "u2pl")
 WRITE_FORMATS = ("cps-voc", "cps-city", "unimatch")
@@ -259,9 +260,7 @@ def write_split(
     path: str | os.PathLike, entries: Sequence[tuple[str, str | None]], fmt: str
 ) -> None:
     """Write `entries` to `path` in format `fmt`, one per line with a final newline."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(format_entry(e, fmt) + "\n" for e in entries), encoding="utf-8")
+    atomic_write_text(path, "".join(format_entry(e, fmt) + "\n" for e in entries))
 
 
 def split_file_names(fmt: str, ratio: int) -> tuple[str, str]:

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CpclError
+from ..fileio import atomic_write_text
 
 RATIOS = (2, 4, 8, 16)
 JPEG_QUALITY = 90
@@ -771,9 +772,7 @@ def is_complete(root: str | Path, params: dict[str, Any] | None = None) -> bool:
 
 def _finish(root: Path, params: dict[str, Any], files: list[str], summary: dict[str, Any]) -> None:
     meta = {"params": _params_key(params), "summary": summary, "files": sorted(files)}
-    tmp = root / (META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    tmp.replace(root / META_NAME)
+    atomic_write_text(root / META_NAME, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 def _common_checks(n_train: int, n_val: int, height: int, width: int, seed: int) -> None:
