@@ -198,7 +198,7 @@ def test_bad_settings(kwargs, match):
 
 def test_bad_images():
     rng = AugRng.seeded(0)
-    with pytest.raises(CpclError, match="uint8"):
+    with pytest.raises(DataError, match="uint8"):
         strong_view(np.zeros((8, 8, 3), np.float32), StrongAugSettings(), rng)
     with pytest.raises(CpclError, match="square"):
         strong_view(np.zeros((8, 9, 3), np.uint8), StrongAugSettings(), rng)

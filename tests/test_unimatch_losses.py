@@ -12,6 +12,19 @@ from cpcl.errors import CpclError
 from cpcl.losses import ProbOhemCrossEntropy2d
 from cpcl.methods.unimatch_losses import build_criterion_l, unimatch_loss
 
+ARGS = (
+    "pred_x",
+    "mask_x",
+    "pred_u_w",
+    "pred_u_w_mix",
+    "pred_u_s1",
+    "pred_u_s2",
+    "pred_u_w_fp",
+    "cutmix_box1",
+    "cutmix_box2",
+    "ignore_mask",
+    "ignore_mask_mix",
+)
 PREDS = ("pred_x", "pred_u_s1", "pred_u_s2", "pred_u_w_fp")
 INT_OUTPUTS = (
     "mask_u_w",
@@ -30,25 +43,19 @@ def _cases(golden_dir):
         yield from load_golden(golden_dir, name)["cases"].items()
 
 
-def _run(case):
-    inputs = {k: case[k].clone() for k in PREDS}
-    for t in inputs.values():
-        t.requires_grad_(True)
-    out = unimatch_loss(
-        inputs["pred_x"],
-        case["mask_x"],
-        case["pred_u_w"].clone().requires_grad_(True),
-        case["pred_u_w_mix"],
-        inputs["pred_u_s1"],
-        inputs["pred_u_s2"],
-        inputs["pred_u_w_fp"],
-        case["cutmix_box1"],
-        case["cutmix_box2"],
-        case["ignore_mask"],
-        case["ignore_mask_mix"],
+def _call(case, **tensors):
+    """unimatch_loss on the case's inputs, with `tensors` replacing some of them."""
+    t = {k: case[k] for k in ARGS} | tensors
+    return unimatch_loss(
+        *(t[k] for k in ARGS),
         criterion_l=build_criterion_l(case["criterion_name"], case["criterion_kwargs"]),
         conf_thresh=case["conf_thresh"],
     )
+
+
+def _run(case):
+    inputs = {k: case[k].clone().requires_grad_(True) for k in PREDS}
+    out = _call(case, pred_u_w=case["pred_u_w"].clone().requires_grad_(True), **inputs)
     out.loss.backward()
     return out, inputs
 
@@ -80,21 +87,7 @@ def test_pred_u_w_gets_no_gradient(golden_dir):
     for name, case in _cases(golden_dir):
         pred_u_w = case["pred_u_w"].clone().requires_grad_(True)
         pred_s = case["pred_u_s1"].clone().requires_grad_(True)
-        out = unimatch_loss(
-            case["pred_x"],
-            case["mask_x"],
-            pred_u_w,
-            case["pred_u_w_mix"],
-            pred_s,
-            case["pred_u_s2"],
-            case["pred_u_w_fp"],
-            case["cutmix_box1"],
-            case["cutmix_box2"],
-            case["ignore_mask"],
-            case["ignore_mask_mix"],
-            criterion_l=build_criterion_l(case["criterion_name"], case["criterion_kwargs"]),
-            conf_thresh=case["conf_thresh"],
-        )
+        out = _call(case, pred_u_w=pred_u_w, pred_u_s1=pred_s)
         out.loss.backward()
         assert (pred_u_w.grad is None) == case["grad_pred_u_w_is_none"], name
         assert pred_s.grad is not None

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ..errors import CpclError
+from ..errors import CpclError, DataError
 
 __all__ = [
     "AugRng",
     "CutMixBox",
     "StrongAugSettings",
+    "check_rgb",
     "color_jitter",
     "cutmix_box_mask",
     "draw_cutmix_box",
@@ -108,7 +109,8 @@ class StrongAugSettings:
             raise CpclError(f"StrongAugSettings.cutmix_ratio={self.cutmix_ratio}: expected > 0")
 
 
-def _check_rgb(img: np.ndarray) -> None:
+def check_rgb(img: np.ndarray, what: str = "strong augmentation") -> None:
+    """Raise DataError unless `img` is a uint8 HxWx3 array."""
     if (
         not isinstance(img, np.ndarray)
         or img.dtype != np.uint8
@@ -116,7 +118,7 @@ def _check_rgb(img: np.ndarray) -> None:
         or img.shape[2] != 3
     ):
         got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise CpclError(f"strong augmentation: expected a uint8 HxWx3 RGB array, got {got}")
+        raise DataError(f"{what}: expected a uint8 HxWx3 RGB array, got {got}")
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -143,7 +145,7 @@ def color_jitter(
     Draws `randperm(4)`, then one factor per non-zero setting (brightness, contrast,
     saturation, hue, in that order) from `gen`; applies them in the permutation's order.
     """
-    _check_rgb(img)
+    check_rgb(img)
     order = torch.randperm(4, generator=gen).tolist()
     factors = [
         _uniform(gen, max(0.0, 1 - v), 1 + v) if v > 0 else None
@@ -162,7 +164,7 @@ def color_jitter(
 
 def random_grayscale(img: np.ndarray, p: float, gen: torch.Generator) -> np.ndarray:
     """torchvision's `RandomGrayscale(p)`: one `torch.rand(1)` draw, PIL "L" on 3 channels."""
-    _check_rgb(img)
+    check_rgb(img)
     if float(torch.rand(1, generator=gen)) < p:
         gray = np.asarray(Image.fromarray(img, "RGB").convert("L"), dtype=np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -177,7 +179,7 @@ def gaussian_blur(
     np_random: np.random.RandomState,
 ) -> np.ndarray:
     """The official `blur`: `py_random.random() < p`, then sigma ~ `np_random.uniform`, PIL blur."""
-    _check_rgb(img)
+    check_rgb(img)
     if py_random.random() < p:
         sigma = np_random.uniform(sigma_range[0], sigma_range[1])
         blurred = Image.fromarray(img, "RGB").filter(ImageFilter.GaussianBlur(radius=sigma))
@@ -247,18 +249,16 @@ def cutmix_box_mask(size: int, box: CutMixBox | None) -> np.ndarray:
 def obtain_cutmix_box(
     size: int,
     p: float = 0.5,
-    size_min: float = 0.02,
-    size_max: float = 0.4,
-    ratio_1: float = 0.3,
-    ratio_2: float = 1 / 0.3,
     *,
     py_random: random.Random,
     np_random: np.random.RandomState,
+    **geometry: float,
 ) -> np.ndarray:
-    """The official `obtain_cutmix_box` as a (size, size) float32 0/1 array."""
-    box = draw_cutmix_box(
-        size, p, size_min, size_max, ratio_1, ratio_2, py_random=py_random, np_random=np_random
-    )
+    """The official `obtain_cutmix_box` as a (size, size) float32 0/1 array.
+
+    `geometry`: `size_min`, `size_max`, `ratio_1`, `ratio_2` of `draw_cutmix_box`.
+    """
+    box = draw_cutmix_box(size, p, py_random=py_random, np_random=np_random, **geometry)
     return cutmix_box_mask(size, box)
 
 
@@ -271,7 +271,7 @@ def strong_view(
     RandomGrayscale (one torch draw, always); blur (`py.random()`, then `np.uniform` when
     applied); the box (`py.random()`, then numpy draws when applied). Labels are never touched.
     """
-    _check_rgb(img)
+    check_rgb(img)
     height, width = img.shape[:2]
     if height != width:
         raise CpclError(
@@ -285,6 +285,13 @@ def strong_view(
     out = random_grayscale(out, s.grayscale_p, rng.torch)
     out = gaussian_blur(out, s.blur_p, s.blur_sigma, rng.py, rng.np)
     box = obtain_cutmix_box(
-        width, s.cutmix_p, *s.cutmix_area, *s.cutmix_ratio, py_random=rng.py, np_random=rng.np
+        width,
+        s.cutmix_p,
+        py_random=rng.py,
+        np_random=rng.np,
+        size_min=s.cutmix_area[0],
+        size_max=s.cutmix_area[1],
+        ratio_1=s.cutmix_ratio[0],
+        ratio_2=s.cutmix_ratio[1],
     )
     return out, box

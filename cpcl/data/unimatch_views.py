@@ -45,14 +45,7 @@ IGNORE = 255
 
 
 def _check_pair(img: np.ndarray, mask: np.ndarray) -> None:
-    if (
-        not isinstance(img, np.ndarray)
-        or img.dtype != np.uint8
-        or img.ndim != 3
-        or img.shape[2] != 3
-    ):
-        got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise DataError(f"UniMatch views: expected a uint8 HxWx3 RGB image, got {got}")
+    check_rgb(img, "UniMatch views")
     if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != img.shape[:2]:
         got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
         raise DataError(
