@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CpclError, DataError
-from .strong_aug import AugRng, StrongAugSettings, strong_view
+from .strong_aug import AugRng, StrongAugSettings, check_rgb, strong_view
 
 __all__ = [
     "UNLABELED_PAD",
