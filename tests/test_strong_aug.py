@@ -24,6 +24,7 @@ from cpcl.data.unimatch_views import (
     labeled_view,
     mixing_partner,
     repeat_to_length,
+    unimatch_normalize_lut,
     unlabeled_views,
 )
 from cpcl.errors import CpclError, DataError
@@ -253,3 +254,15 @@ def test_repeat_and_partner():
     assert all(mixing_partner(i % 4, 4, "different", py) != i % 4 for i in range(50))
     with pytest.raises(CpclError, match="mode"):
         mixing_partner(0, 4, "other", py)
+
+
+def test_normalize_lut_is_torchvision_float32():
+    # torchvision's ToTensor + Normalize are these torch float32 calls.
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.arange(256, dtype=torch.uint8).view(1, 256, 1).expand(3, 256, 1)
+    t = x.to(torch.float32).div(255)
+    t = t.sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))
+    lut = unimatch_normalize_lut(mean, std)
+    assert lut.dtype == np.float32 and np.array_equal(lut, t[:, :, 0].T.numpy())
+    with pytest.raises(DataError, match="std"):
+        unimatch_normalize_lut(mean, (0.2, 0.0, 0.2))

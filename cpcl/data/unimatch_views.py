@@ -37,8 +37,12 @@ __all__ = [
     "mixing_partner",
     "repeat_to_length",
     "resize",
+    "unimatch_normalize_lut",
     "unlabeled_views",
 ]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 UNLABELED_PAD = 254  # mask value of the crop padding of unlabeled images
 IGNORE = 255
@@ -181,3 +185,24 @@ def mixing_partner(index: int, num_unlabeled: int, mode: str, py_random: random.
             raise CpclError("mixing_partner mode='different' needs at least 2 unlabeled images")
         return (index + 1 + py_random.randrange(num_unlabeled - 1)) % num_unlabeled
     raise CpclError(f"mixing_partner mode={mode!r}: expected 'same' (official) or 'different'")
+
+
+def unimatch_normalize_lut(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """(256, 3) float32 table of UniMatch's `ToTensor()` + `Normalize(mean, std)` per uint8 value.
+
+    torchvision computes everything in float32 (`x.float().div(255)`, then `sub_(mean)` and
+    `div_(std)` with float32 tensors). CPCL's `transforms.normalize_lut` subtracts and divides
+    in float64 and rounds at the end, which differs by one float32 ulp for about 500 of the
+    768 entries, so UniMatch gets its own table.
+    """
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(1, -1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(1, -1)
+    if mean32.shape != (1, 3) or std32.shape != (1, 3) or np.any(std32 <= 0):
+        raise DataError(
+            f"UniMatch normalisation mean={tuple(mean)!r}, std={tuple(std)!r}: expected 3 "
+            f"values each and a positive std"
+        )
+    x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)
+    return (x - mean32) / std32
