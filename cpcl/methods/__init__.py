@@ -1,0 +1,1 @@
+"""Method modules: one per semi-supervised method (UniMatch building blocks for now)."""
