@@ -85,3 +85,27 @@ def max_rel_diff(got: torch.Tensor | float, ref: torch.Tensor | float) -> float:
     diff = (got - ref).abs().max().item()
     scale = ref.abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+# layer3 depth -> backbone name of the golden key files (Bottleneck ResNets).
+_LAYER3_DEPTH = {6: "resnet50", 23: "resnet101"}
+
+
+def det_network(det_weights, golden_dir: Path, keys_file: str):
+    """A `cpcl.models.Network` loaded strictly with the det weights of `keys_file`.
+
+    The class count and the backbone are read from the key file (classifier shape, layer3
+    depth), so a held-out key file of another size works the same way.
+    """
+    from cpcl.models import Network
+
+    keys = det_weights.load_keys(golden_dir / keys_file)
+    shapes = {k: s for k, s, _ in keys}
+    depth = 1 + max(
+        int(k.split(".")[3]) for k in shapes if k.startswith("branch1.backbone.layer3.")
+    )
+    if depth not in _LAYER3_DEPTH:
+        raise ValueError(f"{keys_file}: layer3 has {depth} blocks; expected one of {_LAYER3_DEPTH}")
+    model = Network(shapes["branch1.classifier.weight"][0], _LAYER3_DEPTH[depth])
+    model.load_state_dict(det_weights.det_state_dict(keys), strict=True)
+    return model
