@@ -79,8 +79,8 @@ def golden_cases(fx: dict) -> dict[str, dict]:
 
 def max_rel_diff(got: torch.Tensor | float, ref: torch.Tensor | float) -> float:
     """max |got - ref| / max |ref| in float64 (0 when both are exactly 0)."""
-    got = torch.as_tensor(got, dtype=torch.float64)
-    ref = torch.as_tensor(ref, dtype=torch.float64)
+    got = torch.as_tensor(got).detach().to(torch.float64)
+    ref = torch.as_tensor(ref).detach().to(torch.float64)
     assert got.shape == ref.shape, (tuple(got.shape), tuple(ref.shape))
     diff = (got - ref).abs().max().item()
     scale = ref.abs().max().item()

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import golden_cases, load_golden
+from conftest import golden_cases, load_golden, max_rel_diff
 from easydict import EasyDict
 
 from cpcl.errors import CpclError
@@ -39,11 +39,6 @@ CONF_ATOL = 1e-6
 DTYPES = (torch.float32, torch.float64)
 # The official OHEM settings of ohem_city.pt (golden README): ignore_label=255.
 IGNORE = 255
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max abs difference relative to the reference's max magnitude."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def _mix(case: dict, which: int) -> torch.Tensor:
@@ -77,7 +72,7 @@ def _check_cpcl_case(case: dict, dtype: torch.dtype) -> None:
     ):
         assert torch.equal(out[ours], case[theirs]), ours
     assert out["class_weight"].dtype == torch.float64
-    assert _rel(out["class_weight"], case["w"]) <= EXACT_FLOAT_RTOL
+    assert max_rel_diff(out["class_weight"], case["w"]) <= EXACT_FLOAT_RTOL
     assert out["overlap"].item() == pytest.approx(case["overlap"], rel=EXACT_FLOAT_RTOL)
     for i in (1, 2):
         assert out[f"conf_{i}"].dtype == dtype
@@ -92,8 +87,8 @@ def _check_cpcl_case(case: dict, dtype: torch.dtype) -> None:
 
     grad_1, grad_2 = torch.autograd.grad(out["loss_inter"] + out["loss_union"], (s1, s2))
     assert grad_1.dtype == grad_2.dtype == dtype
-    assert _rel(grad_1, case["grad_stu_1_from_inter"]) < RTOL
-    assert _rel(grad_2, case["grad_stu_2_from_union"]) < RTOL
+    assert max_rel_diff(grad_1, case["grad_stu_1_from_inter"]) < RTOL
+    assert max_rel_diff(grad_2, case["grad_stu_2_from_union"]) < RTOL
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -171,7 +166,7 @@ def _check_ohem_case(case: dict, weights: torch.Tensor, dtype: torch.dtype) -> N
     if "grad_pred" in case:
         (grad,) = torch.autograd.grad(loss, pred)
         assert grad.dtype == dtype
-        assert _rel(grad, case["grad_pred"]) < RTOL
+        assert max_rel_diff(grad, case["grad_pred"]) < RTOL
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
