@@ -42,7 +42,7 @@ from .dist import (
     maybe_sync_batchnorm,
 )
 from .errors import CheckpointError, CpclError
-from .losses import build_sup_criterion, cpcl_pseudo_supervision, cps_loss
+from .losses import at_least_float32, build_sup_criterion, cpcl_pseudo_supervision, cps_loss
 from .models import Network
 from .optim import WarmUpPolyLR, build_optimizers, set_lr
 from .runlog import Scalars, setup_logger, write_run_info
@@ -111,10 +111,10 @@ def _forward_and_losses(
     # teacher 1 (u0, u1), teacher 2 (u0, u1), student 1, student 2.
     sup_1 = _logits(model(img, step=1))
     sup_2 = _logits(model(img, step=2))
-    zero = torch.zeros((), device=img.device, dtype=torch.float32)
+    zero = torch.zeros((), device=img.device, dtype=torch.promote_types(sup_1.dtype, torch.float32))
     terms = {
-        "loss_sup_1": sup_criterion(sup_1.float(), gt),
-        "loss_sup_2": sup_criterion(sup_2.float(), gt),
+        "loss_sup_1": sup_criterion(at_least_float32(sup_1), gt),
+        "loss_sup_2": sup_criterion(at_least_float32(sup_2), gt),
         "loss_unsup": zero,
         "loss_unsup_inter": zero,
         "loss_unsup_union": zero,
@@ -132,10 +132,11 @@ def _forward_and_losses(
     with torch.no_grad():
         tu0_1, tu1_1 = _teacher_logits(model, u0, u1, 1, fused_teacher)
         tu0_2, tu1_2 = _teacher_logits(model, u0, u1, 2, fused_teacher)
-        # Mix the teacher LOGITS with the same mask, in float32 as the official code.
-        m = mask.float()
-        t1 = tu0_1.float() * (1 - m) + tu1_1.float() * m
-        t2 = tu0_2.float() * (1 - m) + tu1_2.float() * m
+        # Mix the teacher LOGITS with the same mask, in float32 (float64 for a float64 model)
+        # as the official code.
+        m = mask.to(torch.promote_types(tu0_1.dtype, torch.float32))
+        t1 = at_least_float32(tu0_1) * (1 - m) + at_least_float32(tu1_1) * m
+        t2 = at_least_float32(tu0_2) * (1 - m) + at_least_float32(tu1_2) * m
     stu_1 = _logits(model(mixed, step=1))
     stu_2 = _logits(model(mixed, step=2))
     if method == "cpcl":

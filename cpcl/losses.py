@@ -45,6 +45,15 @@ CITYSCAPES_CLASS_WEIGHTS: tuple[float, ...] = (
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """`t` in float32 if it is a lower-precision float (autocast output), else unchanged.
+
+    The loss maths runs in float32 under autocast, but float64 inputs stay float64 so a
+    float64 model reproduces the official float64 references.
+    """
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class ProbOhemCrossEntropy2d(nn.Module):
     """Online hard-example mining cross-entropy on the target-class probability.
 
@@ -120,9 +129,11 @@ class ProbOhemCrossEntropy2d(nn.Module):
         target = target.long()
         if self.min_kept > 0:
             target = self._mine(pred, target)
-        weight = None if self.weight is None else self.weight.to(pred.device, torch.float32)
+        pred = at_least_float32(pred)
+        # The float32 official constants, cast to the loss dtype (float64 stays float64).
+        weight = None if self.weight is None else self.weight.to(pred.device, pred.dtype)
         return F.cross_entropy(
-            pred.float(),
+            pred,
             target,
             weight=weight,
             ignore_index=self.ignore_label,
@@ -136,7 +147,7 @@ class ProbOhemCrossEntropy2d(nn.Module):
         valid = flat != self.ignore_label
         num_valid = valid.sum()
         # The mask only selects pixels, so no gradient has to flow through the softmax.
-        prob = F.softmax(pred.detach().float(), dim=1)
+        prob = F.softmax(at_least_float32(pred.detach()), dim=1)
         safe = torch.where(valid, flat, torch.zeros_like(flat))
         target_prob = prob.gather(1, safe.view(target.shape).unsqueeze(1)).reshape(-1)
         target_prob = torch.where(valid, target_prob, torch.ones_like(target_prob))
@@ -241,16 +252,16 @@ def cpcl_pseudo_supervision(
         num_classes: C.
         ignore_index: label value for pixels without supervision (the inter label's disagreement).
 
-    Returns a dict of tensors: `loss_inter`, `loss_union` (0-dim, float32, mean over ALL pixels
-    including ignored ones, as the official code does), `overlap` (0-dim float64, appended
+    Returns a dict of tensors: `loss_inter`, `loss_union` (0-dim, float32, or float64 for
+    float64 inputs; mean over ALL pixels including ignored ones, as the official code does), `overlap` (0-dim float64, appended
     samples included), `label_inter`, `label_union`, `label_1`, `label_2` (B,H,W int64),
     `conf_1`, `conf_2` (B,H,W max softmax probability), `class_weight` (C, float64) and
     `confusion` (C,C int64).
     """
     _check_logits(("t1", "t2", "s1", "s2"), (t1, t2, s1, s2), num_classes)
     with torch.no_grad():
-        t1 = t1.detach().float()
-        t2 = t2.detach().float()
+        t1 = at_least_float32(t1.detach())
+        t2 = at_least_float32(t2.detach())
         # Labels from the logits (as the official code), confidences from the softmax.
         label_1 = t1.argmax(dim=1)
         label_2 = t2.argmax(dim=1)
@@ -270,8 +281,12 @@ def cpcl_pseudo_supervision(
         weight_inter = mean_conf
         weight_union = torch.where(agree, mean_conf, torch.where(take_1, conf_1, conf_2))
 
-    ce_inter = F.cross_entropy(s1.float(), label_inter, ignore_index=ignore_index, reduction="none")
-    ce_union = F.cross_entropy(s2.float(), label_union, ignore_index=ignore_index, reduction="none")
+    ce_inter = F.cross_entropy(
+        at_least_float32(s1), label_inter, ignore_index=ignore_index, reduction="none"
+    )
+    ce_union = F.cross_entropy(
+        at_least_float32(s2), label_union, ignore_index=ignore_index, reduction="none"
+    )
     return {
         "loss_inter": (ce_inter * weight_inter).mean(),
         "loss_union": (ce_union * weight_union).mean(),
@@ -297,6 +312,6 @@ def cps_loss(t1: Tensor, t2: Tensor, s1: Tensor, s2: Tensor, *, ignore_index: in
     with torch.no_grad():
         label_1 = t1.detach().argmax(dim=1)
         label_2 = t2.detach().argmax(dim=1)
-    return F.cross_entropy(s1.float(), label_2, ignore_index=ignore_index) + F.cross_entropy(
-        s2.float(), label_1, ignore_index=ignore_index
-    )
+    return F.cross_entropy(
+        at_least_float32(s1), label_2, ignore_index=ignore_index
+    ) + F.cross_entropy(at_least_float32(s2), label_1, ignore_index=ignore_index)

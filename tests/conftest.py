@@ -1,8 +1,13 @@
-"""Shared fixtures: paths to ../shared (golden fixtures and split lists), skipped when absent."""
+"""Shared fixtures: paths to the golden fixtures and split lists, skipped when absent.
+
+The golden folder is `$CPCL_GOLDEN_DIR` (a relative path is taken from the repository root),
+`../shared/golden` by default, so the same tests can run on held-out fixture files.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -11,18 +16,29 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-GOLDEN = SHARED / "golden"
 SPLITS = SHARED / "splits"
+GOLDEN_ENV = "CPCL_GOLDEN_DIR"
+GOLDEN_DEFAULT = "../shared/golden"
 
 torch.set_num_threads(2)
 
 
+def golden_path() -> Path:
+    """The golden fixture folder: `$CPCL_GOLDEN_DIR`, relative paths resolved against the repo."""
+    path = Path(os.environ.get(GOLDEN_ENV) or GOLDEN_DEFAULT).expanduser()
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """The official-code fixtures; tests using it skip when ../shared/golden is absent."""
-    if not (GOLDEN / "README.md").exists():
-        pytest.skip(f"golden fixtures not found at {GOLDEN} (../shared is absent in a plain clone)")
-    return GOLDEN
+    """The official-code fixtures; tests using it skip when the folder is absent."""
+    path = golden_path()
+    if not path.is_dir():
+        pytest.skip(
+            f"golden fixtures not found at {path} (set {GOLDEN_ENV}; default {GOLDEN_DEFAULT} "
+            "relative to the repository root, absent in a plain clone)"
+        )
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +52,10 @@ def splits_dir() -> Path:
 @pytest.fixture(scope="session")
 def det_weights(golden_dir: Path):
     """The `det_weights` module of the golden fixtures (rebuilds weights from key names)."""
-    spec = importlib.util.spec_from_file_location("det_weights", golden_dir / "det_weights.py")
+    path = golden_dir / "det_weights.py"
+    if not path.is_file():
+        pytest.skip(f"golden helper {path} not found")
+    spec = importlib.util.spec_from_file_location("det_weights", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["det_weights"] = module
     spec.loader.exec_module(module)
@@ -44,5 +63,49 @@ def det_weights(golden_dir: Path):
 
 
 def load_golden(golden_dir: Path, name: str) -> dict:
-    """Load one golden .pt fixture as plain data."""
-    return torch.load(golden_dir / name, weights_only=True)
+    """Load one golden .pt fixture as plain data; skip the test when the file is absent."""
+    path = golden_dir / name
+    if not path.is_file():
+        pytest.skip(f"golden fixture {path} not found")
+    return torch.load(path, weights_only=True)
+
+
+def golden_cases(fx: dict) -> dict[str, dict]:
+    """The named cases of a fixture: `fx["cases"]` where the file has it, else its dict values."""
+    if "cases" in fx:
+        return dict(fx["cases"])
+    return {name: value for name, value in fx.items() if isinstance(value, dict)}
+
+
+def max_rel_diff(got: torch.Tensor | float, ref: torch.Tensor | float) -> float:
+    """max |got - ref| / max |ref| in float64 (0 when both are exactly 0)."""
+    got = torch.as_tensor(got).detach().to(torch.float64)
+    ref = torch.as_tensor(ref).detach().to(torch.float64)
+    assert got.shape == ref.shape, (tuple(got.shape), tuple(ref.shape))
+    diff = (got - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+# layer3 depth -> backbone name of the golden key files (Bottleneck ResNets).
+_LAYER3_DEPTH = {6: "resnet50", 23: "resnet101"}
+
+
+def det_network(det_weights, golden_dir: Path, keys_file: str):
+    """A `cpcl.models.Network` loaded strictly with the det weights of `keys_file`.
+
+    The class count and the backbone are read from the key file (classifier shape, layer3
+    depth), so a held-out key file of another size works the same way.
+    """
+    from cpcl.models import Network
+
+    keys = det_weights.load_keys(golden_dir / keys_file)
+    shapes = {k: s for k, s, _ in keys}
+    depth = 1 + max(
+        int(k.split(".")[3]) for k in shapes if k.startswith("branch1.backbone.layer3.")
+    )
+    if depth not in _LAYER3_DEPTH:
+        raise ValueError(f"{keys_file}: layer3 has {depth} blocks; expected one of {_LAYER3_DEPTH}")
+    model = Network(shapes["branch1.classifier.weight"][0], _LAYER3_DEPTH[depth])
+    model.load_state_dict(det_weights.det_state_dict(keys), strict=True)
+    return model

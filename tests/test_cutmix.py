@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
+from conftest import golden_cases, load_golden
 
 from cpcl.config import load_preset
 from cpcl.data.cutmix import BoxMaskSettings, MaskCollate, box_masks, generate_params
@@ -20,26 +20,29 @@ def _torch_masks(n: int, shape: tuple[int, int], seed: int, **kw) -> np.ndarray:
 # --------------------------------------------------------------------------- golden
 
 
-@pytest.mark.parametrize("case,seed", [("random", 3001), ("absent", 3002)])
-def test_golden_loss_cpcl_masks_bit_exact(golden_dir, case, seed):
-    want = load_golden(golden_dir, "loss_cpcl.pt")[case]["mask"].numpy()
-    got = generate_params(2, (48, 48), rng=np.random.RandomState(seed)).astype(np.float32)
-    assert got.shape == want.shape == (2, 1, 48, 48)
-    np.testing.assert_array_equal(got, want)
+def _official_masks(golden_dir) -> list[tuple[str, np.ndarray, int]]:
+    """(name, stored mask, numpy seed) of every official CutMix mask in the fixtures."""
+    out = [
+        (name, case["mask"].numpy(), case["seed"])
+        for name, case in golden_cases(load_golden(golden_dir, "loss_cpcl.pt")).items()
+    ]
+    step = load_golden(golden_dir, "step_voc_r50.pt")
+    out.append(("step_voc_r50", step["mask"].numpy(), step["mask_seed"]))
+    return out
 
 
-def test_golden_step_mask_bit_exact(golden_dir):
-    want = load_golden(golden_dir, "step_voc_r50.pt")["mask"].numpy()
-    got = generate_params(2, (64, 64), rng=np.random.RandomState(4006)).astype(np.float32)
-    np.testing.assert_array_equal(got, want)
+def test_golden_masks_bit_exact(golden_dir):
+    """generate_params(B, (H, W), RandomState(seed)) reproduces each stored mask bit for bit."""
+    for name, want, seed in _official_masks(golden_dir):
+        b, _, h, w = want.shape
+        got = generate_params(b, (h, w), rng=np.random.RandomState(seed)).astype(np.float32)
+        assert got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 def test_golden_mask_statistics(golden_dir):
     """Independent of our generator: binary, at most 3 boxes of at most ~1/6 of the area each."""
-    masks = [load_golden(golden_dir, "loss_cpcl.pt")[c]["mask"] for c in ("random", "absent")]
-    masks.append(load_golden(golden_dir, "step_voc_r50.pt")["mask"])
-    for m in masks:
-        m = m.numpy()
+    for _, m, _ in _official_masks(golden_dir):
         assert set(np.unique(m)) <= {0.0, 1.0}
         area = m.mean(axis=(1, 2, 3))
         # Each box covers at most 0.5/3 of the image (plus rounding), three boxes at most ~0.5+.

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
+from conftest import det_network, golden_cases, load_golden
 from PIL import Image
 
 from cpcl.evaluate import (
@@ -28,26 +28,41 @@ STD = (0.229, 0.224, 0.225)
 # ------------------------------------------------------------------ golden (official evaluator)
 
 
+# Golden README "Tolerances": a faithful implementation matches the forward logits to about
+# 1e-5 absolute (CPU float32). A score sum adds one network output per forward that covers the
+# pixel (windows x 2 with flip, over the scales; the bilinear resize back is a convex
+# combination and does not grow the error), so `forwards * 1e-5` bounds the network noise.
+# `score_sum` is stored rounded to float32: add half an ulp of the largest score (2**-24 relative).
+# Measured (bound in brackets): max |diff| 1.9e-6 (6.0e-5) a, 6.7e-6 (4.8e-4) b, 9.5e-7 (1.0e-5) c,
+# 1.4e-6 (2.0e-5) d with AVX-512; 2.1e-6 (c) and 2.9e-6 (d) reported without it. A wrong padding
+# rule changes case d by 0.36 (README). Labels are compared on >= 99.9% of the pixels.
+EVAL_ATOL_PER_FORWARD = 1e-5
+FLOAT32_HALF_ULP = 2.0**-24
+
+
 @pytest.fixture(scope="module")
 def golden_eval(golden_dir):
     return load_golden(golden_dir, "eval_sliding.pt")
 
 
 @pytest.fixture(scope="module")
+def golden_cases_eval(golden_eval) -> dict[str, dict]:
+    cases = golden_cases(golden_eval)
+    assert cases
+    return cases
+
+
+@pytest.fixture(scope="module")
 def det_model(golden_dir, det_weights):
-    model = Network(21, backbone="resnet50")
-    sd = det_weights.det_state_dict(det_weights.load_keys(str(golden_dir / "keys_voc_r50.json")))
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
+    return det_network(det_weights, golden_dir, "keys_voc_r50.json").eval()
 
 
-def _golden_run(model, g, case, resize="auto"):
-    d = g[case]
+def _golden_run(model, g, d, resize="auto"):
     img = g["image_" + d["image"]].numpy()
     out = sliding_predict(
         model,
         img,
-        num_classes=21,
+        num_classes=d["score_sum"].shape[-1],
         crop_size=g["crop_size"],
         stride_rate=g["stride_rate"],
         scales=d["scales"],
@@ -57,45 +72,56 @@ def _golden_run(model, g, case, resize="auto"):
         window_batch=8,
         resize=resize,
     )
-    ref = d["score_sum"].double().permute(2, 0, 1)
-    return out, ref, d
+    return out, d["score_sum"].double().permute(2, 0, 1)
 
 
-def _check_against_golden(out, ref, d, rel_tol):
+def _score_tolerance(d: dict, ref: torch.Tensor) -> float:
+    """README-derived bound on |ours - stored score_sum| for one case (see the top comment)."""
+    forwards = sum(d["windows_per_scale"]) * (2 if d["flip"] else 1)
+    return EVAL_ATOL_PER_FORWARD * forwards + FLOAT32_HALF_ULP * ref.abs().max().item()
+
+
+def _check_against_golden(out, ref, d) -> None:
     assert out.dtype == torch.float64
     assert out.shape == ref.shape
+    tol = _score_tolerance(d, ref)
     max_abs = (out - ref).abs().max().item()
-    magnitude = ref.abs().max().item()
-    assert max_abs <= rel_tol * magnitude, (max_abs, magnitude)
-    # Labels must agree wherever the official top-2 margin is clearly above the noise.
+    assert max_abs <= tol, (max_abs, tol)
+    # Labels: if every score is within tol of the stored one, the argmax must equal the official
+    # prediction wherever the stored top-1/top-2 margin exceeds 2*tol (per pixel, float64).
     top2 = ref.topk(2, dim=0).values
-    confident = (top2[0] - top2[1]) > 1e-3
-    assert confident.float().mean() > 0.95
-    pred = out.argmax(0)
-    assert torch.equal(pred[confident], d["pred"][confident])
-    return max_abs
+    sure = (top2[0] - top2[1]) > 2 * tol
+    assert sure.float().mean() > 0.9  # the label check covers most of the image
+    assert torch.equal(ref.argmax(0)[sure], d["pred"][sure])  # the fixture is consistent
+    assert torch.equal(out.argmax(0)[sure], d["pred"][sure])
 
 
-@pytest.mark.parametrize("case", ["a", "b", "c", "d"])
-def test_golden_sliding_eval(det_model, golden_eval, case):
-    # Measured: max |diff| 1.9e-6 (a), 5.7e-6 (b, |score| up to 30), 0 (c), 1.5e-6 (d);
-    # all pixels agree with the official argmax, near-ties included.
-    out, ref, d = _golden_run(det_model, golden_eval, case)
-    _check_against_golden(out, ref, d, rel_tol=1e-6)
-    assert (out.argmax(0) == d["pred"]).float().mean().item() > 0.999
+def test_golden_sliding_eval(det_model, golden_eval, golden_cases_eval):
+    for name, d in golden_cases_eval.items():
+        out, ref = _golden_run(det_model, golden_eval, d)
+        try:
+            _check_against_golden(out, ref, d)
+        except AssertionError as err:
+            raise AssertionError(f"case {name!r}: {err}") from err
 
 
-def test_golden_multiscale_torch_resize(det_model, golden_eval):
-    # The GPU path resizes with F.interpolate; on CPU it must match the official cv2 sum too
-    # (measured max |diff| 4.1e-5 at |score| 30: float32 source-coordinate rounding).
-    out, ref, d = _golden_run(det_model, golden_eval, "b", resize="torch")
-    _check_against_golden(out, ref, d, rel_tol=1e-5)
+def test_golden_multiscale_torch_resize(det_model, golden_eval, golden_cases_eval):
+    # The GPU path resizes with F.interpolate; on CPU it must match the official cv2 sum too,
+    # within the same bound (measured max |diff| 4.1e-5 at |score| 30 on case b: float32
+    # source-coordinate rounding, a tenth of the bound).
+    multi = {n: d for n, d in golden_cases_eval.items() if any(s != 1.0 for s in d["scales"])}
+    assert multi, "no multi-scale case in eval_sliding.pt"
+    for name, d in multi.items():
+        out, ref = _golden_run(det_model, golden_eval, d, resize="torch")
+        try:
+            _check_against_golden(out, ref, d)
+        except AssertionError as err:
+            raise AssertionError(f"case {name!r}: {err}") from err
 
 
-def test_golden_window_counts_and_scaled_sizes(golden_eval):
+def test_golden_window_counts_and_scaled_sizes(golden_eval, golden_cases_eval):
     g = golden_eval
-    for case in "abcd":
-        d = g[case]
+    for d in golden_cases_eval.values():
         img = g["image_" + d["image"]].numpy()
         for s, size, n in zip(d["scales"], d["scaled_sizes"], d["windows_per_scale"], strict=True):
             scaled = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)

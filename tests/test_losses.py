@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -10,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import load_golden
+from conftest import golden_cases, load_golden, max_rel_diff
 from easydict import EasyDict
 
 from cpcl.errors import CpclError
@@ -24,12 +25,20 @@ from cpcl.losses import (
     pseudo_label_confusion,
 )
 
+# Golden README "Tolerances": losses and first-step gradients of a faithful implementation match
+# to about 1e-5 relative, integer outputs exactly. Measured (float32 and float64 runs on the
+# stored inputs): losses within 1.4e-7, gradients within 2.9e-7 of the official values.
 RTOL = 1e-5
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max abs difference relative to the reference's max magnitude."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+# The class weights `w` and `overlap` are float64 arithmetic on the integer confusion matrix
+# (numpy in the official code); the README documents no tolerance: measured distance 0.
+EXACT_FLOAT_RTOL = 1e-12
+# The confidences (max softmax) are float32 in the official file; the README documents no
+# tolerance. Measured: the official values lie up to 4.3e-7 from the float64 softmax of their
+# own inputs (a few float32 ulps), so a faithful float32 or float64 run is within 1e-6.
+CONF_ATOL = 1e-6
+DTYPES = (torch.float32, torch.float64)
+# The official OHEM settings of ohem_city.pt (golden README): ignore_label=255.
+IGNORE = 255
 
 
 def _mix(case: dict, which: int) -> torch.Tensor:
@@ -37,42 +46,75 @@ def _mix(case: dict, which: int) -> torch.Tensor:
     return case[f"logits_u0_tea_{which}"] * (1 - m) + case[f"logits_u1_tea_{which}"] * m
 
 
-@pytest.mark.parametrize("name", ["random", "absent"])
-def test_cpcl_matches_official(golden_dir, name):
-    case = load_golden(golden_dir, "loss_cpcl.pt")[name]
+@pytest.fixture(scope="module")
+def cpcl_cases(golden_dir) -> dict[str, dict]:
+    cases = golden_cases(load_golden(golden_dir, "loss_cpcl.pt"))
+    assert cases
+    return cases
+
+
+def _check_cpcl_case(case: dict, dtype: torch.dtype) -> None:
     t1, t2 = _mix(case, 1), _mix(case, 2)
     assert torch.equal(t1, case["logits_cons_tea_1"])
     assert torch.equal(t2, case["logits_cons_tea_2"])
-    s1 = case["logits_stu_1"].clone().requires_grad_()
-    s2 = case["logits_stu_2"].clone().requires_grad_()
-    out = cpcl_pseudo_supervision(t1, t2, s1, s2, num_classes=21)
+    s1 = case["logits_stu_1"].to(dtype).requires_grad_()
+    s2 = case["logits_stu_2"].to(dtype).requires_grad_()
+    out = cpcl_pseudo_supervision(
+        t1.to(dtype), t2.to(dtype), s1, s2, num_classes=case["num_classes"]
+    )
 
-    assert torch.equal(out["label_1"], case["ps_label_1"])
-    assert torch.equal(out["label_2"], case["ps_label_2"])
-    assert torch.equal(out["label_inter"], case["ps_label_inter"])
-    assert torch.equal(out["label_union"], case["ps_label_union"])
-    assert torch.equal(out["confusion"], case["confusion"])
+    for ours, theirs in (
+        ("label_1", "ps_label_1"),
+        ("label_2", "ps_label_2"),
+        ("label_inter", "ps_label_inter"),
+        ("label_union", "ps_label_union"),
+        ("confusion", "confusion"),
+    ):
+        assert torch.equal(out[ours], case[theirs]), ours
     assert out["class_weight"].dtype == torch.float64
-    torch.testing.assert_close(out["class_weight"], case["w"], rtol=1e-12, atol=1e-15)
-    assert out["overlap"].item() == pytest.approx(case["overlap"], rel=1e-12)
-    torch.testing.assert_close(out["conf_1"], case["loss_w_1"], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(out["conf_2"], case["loss_w_2"], rtol=1e-6, atol=1e-7)
+    assert max_rel_diff(out["class_weight"], case["w"]) <= EXACT_FLOAT_RTOL
+    assert out["overlap"].item() == pytest.approx(case["overlap"], rel=EXACT_FLOAT_RTOL)
+    for i in (1, 2):
+        assert out[f"conf_{i}"].dtype == dtype
+        torch.testing.assert_close(
+            out[f"conf_{i}"].double(), case[f"loss_w_{i}"].double(), rtol=0, atol=CONF_ATOL
+        )
     for key, ref in (("loss_inter", "loss_unsup_inter"), ("loss_union", "loss_unsup_union")):
+        assert out[key].dtype == dtype
         assert out[key].item() == pytest.approx(case[ref].item(), rel=RTOL)
+    unsup = case["unsup_weight"] * (out["loss_inter"] + out["loss_union"])
+    assert unsup.item() == pytest.approx(case["loss_unsup"].item(), rel=RTOL)
 
     grad_1, grad_2 = torch.autograd.grad(out["loss_inter"] + out["loss_union"], (s1, s2))
-    assert _rel(grad_1, case["grad_stu_1_from_inter"]) < RTOL
-    assert _rel(grad_2, case["grad_stu_2_from_union"]) < RTOL
+    assert grad_1.dtype == grad_2.dtype == dtype
+    assert max_rel_diff(grad_1, case["grad_stu_1_from_inter"]) < RTOL
+    assert max_rel_diff(grad_2, case["grad_stu_2_from_union"]) < RTOL
 
 
-def test_cpcl_absent_class_gets_zero_weight(golden_dir):
-    case = load_golden(golden_dir, "loss_cpcl.pt")["absent"]
-    t1, t2 = _mix(case, 1), _mix(case, 2)
-    out = cpcl_pseudo_supervision(t1, t2, t1.clone(), t2.clone(), num_classes=21)
-    assert out["class_weight"][3].item() == 0.0
-    # Classes 7 and 20 are absent only from teacher 1: they still get a positive weight.
-    assert (out["class_weight"][[7, 11, 20]] > 0).all()
-    assert (out["confusion"].diagonal() >= 1).all()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpcl_matches_official(cpcl_cases, dtype):
+    """Every case, in float32 and in float64 (float64 inputs must stay float64)."""
+    for case in cpcl_cases.values():
+        _check_cpcl_case(case, dtype)
+
+
+def test_cpcl_absent_class_gets_zero_weight(cpcl_cases):
+    """A class absent from both pseudo-label maps gets w = 0; absent from one only: w > 0."""
+    checked = 0
+    for case in cpcl_cases.values():
+        t1, t2 = _mix(case, 1), _mix(case, 2)
+        out = cpcl_pseudo_supervision(
+            t1, t2, t1.clone(), t2.clone(), num_classes=case["num_classes"]
+        )
+        absent_1 = set(case["absent_in_ps_label_1"].tolist())
+        absent_2 = set(case["absent_in_ps_label_2"].tolist())
+        for c in absent_1 & absent_2:
+            assert out["class_weight"][c].item() == 0.0, c
+        for c in absent_1 ^ absent_2:
+            assert out["class_weight"][c].item() > 0.0, c
+        assert (out["confusion"].diagonal() >= 1).all()
+        checked += len(absent_1 | absent_2)
+    assert checked > 0  # at least one case exercises absent classes
 
 
 def test_cpcl_rejects_bad_shapes():
@@ -91,22 +133,51 @@ def test_all_agree_gives_zero_weights_and_full_overlap():
     assert torch.equal(out["label_inter"], out["label_union"])
 
 
-@pytest.mark.parametrize("name", ["raised", "fixed_thresh", "no_ohem"])
-def test_ohem_matches_official(golden_dir, name):
-    data = load_golden(golden_dir, "ohem_city.pt")
-    case = data[name]
-    assert torch.equal(torch.tensor(CITYSCAPES_CLASS_WEIGHTS), data["class_weight"])
+# Tolerance of the OHEM probability invariant below: the official threshold is a float32
+# softmax value, and ours may round differently in its last bits on another CPU.
+PROB_ATOL = 1e-6
+
+
+def _check_ohem_case(case: dict, weights: torch.Tensor, dtype: torch.dtype) -> None:
     crit = ProbOhemCrossEntropy2d(
-        ignore_label=255, thresh=case["thresh"], min_kept=case["min_kept"], use_weight=True
+        ignore_label=IGNORE, thresh=case["thresh"], min_kept=case["min_kept"], use_weight=True
     )
-    pred = case["pred"].clone().requires_grad_()
-    loss = crit(pred, case["target"])
+    pred = case["pred"].to(dtype).requires_grad_()
+    target = case["target"]
+    loss = crit(pred, target)
+    assert loss.dtype == dtype
     assert loss.item() == pytest.approx(case["loss"], rel=RTOL)
-    kept = (crit._mine(case["pred"], case["target"]) != 255).sum().item()
-    assert kept == case["num_kept"]
+    mined = crit._mine(pred, target)
+    kept = mined != IGNORE
+    assert (target != IGNORE).sum().item() == case["num_valid"]
+    assert kept.sum().item() == case["num_kept"]
+    # The loss is the class-weighted CE mean over the kept pixels.
+    want = F.cross_entropy(
+        pred.detach().double(), mined, weight=weights.double(), ignore_index=IGNORE
+    )
+    assert loss.item() == pytest.approx(want.item(), rel=RTOL)
+    threshold = case["effective_threshold"]
+    if not math.isnan(threshold):  # NaN: OHEM skipped (min_kept > num_valid)
+        prob = F.softmax(pred.detach().double(), dim=1)
+        safe = torch.where(target == IGNORE, 0, target).unsqueeze(1)
+        prob_t = prob.gather(1, safe).squeeze(1)
+        assert (prob_t[kept] <= threshold + PROB_ATOL).all()
+        assert (prob_t[(target != IGNORE) & ~kept] > threshold - PROB_ATOL).all()
     if "grad_pred" in case:
         (grad,) = torch.autograd.grad(loss, pred)
-        assert _rel(grad, case["grad_pred"]) < RTOL
+        assert grad.dtype == dtype
+        assert max_rel_diff(grad, case["grad_pred"]) < RTOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ohem_matches_official(golden_dir, dtype):
+    """Every case, in float32 and in float64 (the float32 class weights follow the dtype)."""
+    data = load_golden(golden_dir, "ohem_city.pt")
+    assert torch.equal(torch.tensor(CITYSCAPES_CLASS_WEIGHTS), data["class_weight"])
+    cases = golden_cases(data)
+    assert cases
+    for case in cases.values():
+        _check_ohem_case(case, data["class_weight"], dtype)
 
 
 def test_ohem_keeps_ties_and_min_kept_zero_is_plain_ce():

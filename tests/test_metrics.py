@@ -14,17 +14,19 @@ from cpcl.metrics import all_reduce_hist, confusion_matrix, format_iou_table, sc
 
 
 def test_golden_metric(golden_dir):
+    # Integer outputs must match exactly (golden README); the IoUs and means are float64 ratios
+    # of those integers, for which the README documents no tolerance: measured distance 0.
     g = load_golden(golden_dir, "metric.pt")
     hist = confusion_matrix(g["pred"], g["gt"], g["num_classes"])
     assert hist.dtype == torch.int64
     assert torch.equal(hist, g["hist"])
     s = scores(hist)
-    assert s["labeled"] == g["labeled"] == 4061
-    assert s["correct"] == g["correct"] == 2179
+    assert s["labeled"] == g["labeled"]
+    assert s["correct"] == g["correct"]
     ref_iu = g["iu"].numpy()
-    assert np.array_equal(np.isnan(s["iou"]), np.isnan(ref_iu))  # class 13 absent: NaN
+    assert np.array_equal(np.isnan(s["iou"]), np.isnan(ref_iu))  # absent from both: NaN
     np.testing.assert_allclose(s["iou"], ref_iu, rtol=0, atol=1e-15, equal_nan=True)
-    assert s["iou"][17] == 0 and s["iou"][19] == 0
+    assert np.array_equal(s["iou"] == 0, ref_iu == 0)  # in only one of pred and gt: exactly 0
     assert s["miou"] == pytest.approx(g["mean_IU"], abs=1e-15)
     assert s["mean_IU"] == s["miou"]
     assert s["mean_IU_no_back"] == pytest.approx(g["mean_IU_no_back"], abs=1e-15)
@@ -32,7 +34,7 @@ def test_golden_metric(golden_dir):
     assert s["pixel_acc"] == s["mean_pixel_acc"]
     # The official evaluator keeps the hist as float64; scoring it must give the same.
     s_float = scores(g["hist"].double().numpy())
-    assert s_float["labeled"] == 4061 and s_float["miou"] == s["miou"]
+    assert s_float["labeled"] == g["labeled"] and s_float["miou"] == s["miou"]
 
 
 def _numpy_reference(pred, gt, n):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import det_network, golden_cases, load_golden, max_rel_diff
 
 from cpcl.models import Network
 from cpcl.models.resnet import resnet18, resnet34, resnet50, resnet101
-from tests.conftest import load_golden
 
 
 def _keys(det_weights, golden_dir, name):
@@ -41,58 +41,76 @@ def test_backbone_keys_match_imagenet_layout(golden_dir, det_weights, key_file, 
     assert [(k, list(v.shape)) for k, v in sd.items()] == [(k, s) for k, s, _ in ref]
 
 
+# Float32 eval-mode logits: the golden README's tolerance, about 1e-5 absolute on CPU.
+EVAL_ATOL = 1e-5
+# Train-mode outputs in float64 against the `*_fp64` twins: the README's 1e-6 relative (correct
+# code lands around 1e-15; a wrong layer order or align_corners gives 1e-3 and more).
+FP64_RTOL = 1e-6
+
+
 @pytest.fixture(scope="module")
-def golden_forward(golden_dir, det_weights):
-    model = Network(21, "resnet50")
-    model.load_state_dict(
-        det_weights.det_state_dict(_keys(det_weights, golden_dir, "keys_voc_r50.json"))
-    )
-    return model, load_golden(golden_dir, "forward_voc_r50.pt")
+def eval_forward(golden_dir, det_weights):
+    ref = load_golden(golden_dir, "forward_voc_r50.pt")
+    return det_network(det_weights, golden_dir, "keys_voc_r50.json").eval(), ref
 
 
 def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert out.shape == ref.shape
-    # Tolerance from the golden README: ~1e-5 absolute for CPU float32 logits.
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=EVAL_ATOL, atol=EVAL_ATOL)
 
 
-def test_eval_forward_matches_official(golden_forward):
-    model, ref = golden_forward
-    model.eval()
+def test_eval_forward_matches_official(eval_forward):
+    model, ref = eval_forward
+    cases = [k[len("x_") :] for k in ref if k.startswith("x_")]
+    assert cases
     with torch.no_grad():
-        for case in "ab":
+        for case in cases:
             x = ref[f"x_{case}"]
             _close(model.branch1(x), ref[f"eval_branch1_{case}"])
             _close(model.branch2(x), ref[f"eval_branch2_{case}"])
             # Network(x) in eval mode is branch 1, as in the official evaluator.
             _close(model(x), ref[f"eval_branch1_{case}"])
             _close(model(x, step=2), ref[f"eval_branch2_{case}"])
-    # The two branches really differ (different det weights): a test that could not fail otherwise.
-    assert (ref["eval_branch1_a"] - ref["eval_branch2_a"]).abs().max() > 0.1
+            # The two branches really differ (different det weights): the check can fail.
+            diff = ref[f"eval_branch1_{case}"] - ref[f"eval_branch2_{case}"]
+            assert diff.abs().max() > 100 * EVAL_ATOL
 
 
-def test_train_forward_and_bn_buffers_match_official(golden_forward, golden_dir, det_weights):
-    _, ref = golden_forward
-    model = Network(21, "resnet50")  # fresh weights: BN buffers must start from the det values
-    model.load_state_dict(
-        det_weights.det_state_dict(_keys(det_weights, golden_dir, "keys_voc_r50.json"))
-    )
-    model.train()
-    with torch.no_grad():
-        feature, logits = model.branch1(ref["x_a"], return_feature=True)
-    _close(logits, ref["train_branch1_a"])
-    _close(feature, ref["train_branch1_feature_a"])
-    bn1 = model.branch1.backbone.bn1
-    _close(bn1.running_mean, ref["train_after_bn1_running_mean"])
-    _close(bn1.running_var, ref["train_after_bn1_running_var"])
-    assert int(bn1.num_batches_tracked) == int(ref["train_after_bn1_num_batches_tracked"]) == 1
-    _close(model.branch1.head.aspp.map_bn.running_mean, ref["train_after_aspp_map_bn_running_mean"])
-    _close(
-        model.branch1.head.last_conv[4].running_var,
-        ref["train_after_classifier_input_bn_running_var"],
-    )
-    # Branch 2 was not run: its buffers are untouched.
-    assert int(model.branch2.backbone.bn1.num_batches_tracked) == 0
+def _bn_buffers(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}.{name}": buf
+        for name, buf in module.named_buffers()
+        if name.endswith(("running_mean", "running_var"))
+    }
+
+
+def test_train_forward_and_bn_buffers_match_official_fp64(golden_dir, det_weights):
+    """One train-mode forward in float64 per case: logits, feature, every branch-1 BN buffer."""
+    fx = load_golden(golden_dir, "forward_train_voc_r50.pt")
+    cases = golden_cases(fx)
+    assert cases
+    for name, case in cases.items():
+        model = det_network(det_weights, golden_dir, case["keys_file"]).double().train()
+        with torch.no_grad():
+            # The official `net(x, step=1)` in train mode returns (feature, logits).
+            feature, logits = model.branch1(case["x"].double(), return_feature=True)
+        assert logits.dtype == feature.dtype == torch.float64
+        for got, key in ((logits, "train_branch1_fp64"), (feature, "train_branch1_feature_fp64")):
+            assert max_rel_diff(got, case[key]) <= FP64_RTOL, (name, key)
+        buffers = _bn_buffers(model.branch1, "branch1")
+        ref_buffers = case["bn_buffers_after_fp64"]
+        assert sorted(ref_buffers) == sorted(buffers), name
+        for key, ref in ref_buffers.items():
+            assert buffers[key].dtype == torch.float64
+            assert max_rel_diff(buffers[key], ref) <= FP64_RTOL, (name, key)
+        # One forward: every branch-1 BN counted one batch; branch 2 was not run.
+        for b, count in (("branch1", 1), ("branch2", 0)):
+            tracked = [
+                int(v)
+                for k, v in getattr(model, b).named_buffers()
+                if k.endswith("batches_tracked")
+            ]
+            assert tracked and set(tracked) == {count}, (name, b)
 
 
 @pytest.mark.parametrize("ctor", [resnet18, resnet34])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_golden
+from conftest import det_network, load_golden, max_rel_diff
 
 from cpcl.engine import train_step
 from cpcl.errors import CpclError
@@ -15,21 +16,26 @@ from cpcl.losses import cps_loss
 from cpcl.models import Network
 from cpcl.optim import build_optimizers
 
-RTOL = 1e-5
-LOGITS = (
-    "logits_sup_1",
-    "logits_sup_2",
-    "logits_u0_tea_1",
-    "logits_u1_tea_1",
-    "logits_u0_tea_2",
-    "logits_u1_tea_2",
-    "logits_cons_stu_1",
-    "logits_cons_stu_2",
+# The float64 step against step_voc_r50_fp64.pt: the golden README's 1e-6 relative (correct code
+# lands around 1e-10; losses and gradients through float32 constants up to ~1e-7). The float32
+# file step_voc_r50.pt is used only for its inputs, settings and integer facts: its train-mode
+# values are machine-dependent at the 1e-3 level (its own fp32_fixture_rel_diff says so).
+FP64_RTOL = 1e-6
+LOSS_KEYS = (
+    "loss",
+    "loss_sup_1",
+    "loss_sup_2",
+    "loss_unsup",
+    "loss_unsup_inter",
+    "loss_unsup_union",
 )
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+# Our names of the selected gradients of the fixture.
+GRAD_PARAMS = {
+    "grad_branch1_classifier_weight": "branch1.classifier.weight",
+    "grad_branch1_classifier_bias": "branch1.classifier.bias",
+    "grad_branch1_backbone_bn1_weight": "branch1.backbone.bn1.weight",
+    "grad_branch2_backbone_conv1_0_weight": "branch2.backbone.conv1.0.weight",
+}
 
 
 def _grad_norm(module: torch.nn.Module) -> float:
@@ -45,13 +51,11 @@ def _grad_norm(module: torch.nn.Module) -> float:
 
 @pytest.fixture(scope="module")
 def golden_step(golden_dir, det_weights):
-    """Run the official iteration once on the det-weight ResNet-50 network; share the results."""
-    ref = load_golden(golden_dir, "step_voc_r50.pt")
-    model = Network(21, backbone="resnet50")
-    keys = det_weights.load_keys(golden_dir / "keys_voc_r50.json")
-    model.load_state_dict(det_weights.det_state_dict(keys), strict=True)
-    model.train()
-    opt1, opt2 = build_optimizers(model, ref["lr"], ref["momentum"], ref["weight_decay"])
+    """Run the official iteration once in float64 on the det-weight network; share the results."""
+    ref32 = load_golden(golden_dir, "step_voc_r50.pt")
+    ref = load_golden(golden_dir, "step_voc_r50_fp64.pt")
+    model = det_network(det_weights, golden_dir, "keys_voc_r50.json").double().train()
+    opt1, opt2 = build_optimizers(model, ref32["lr"], ref32["momentum"], ref32["weight_decay"])
     names = {id(p): n for n, p in model.named_parameters()}
     groups = [[[names[id(p)] for p in g["params"]] for g in o.param_groups] for o in (opt1, opt2)]
     group_wd = [[g["weight_decay"] for g in o.param_groups] for o in (opt1, opt2)]
@@ -59,14 +63,10 @@ def golden_step(golden_dir, det_weights):
     captured: dict = {}
 
     def grab_grads() -> None:
-        captured["norm_1"] = _grad_norm(model.branch1)
-        captured["norm_2"] = _grad_norm(model.branch2)
-        captured["b1_cls_w"] = model.branch1.classifier.weight.grad.clone()
-        captured["b1_cls_b"] = model.branch1.classifier.bias.grad.clone()
-        captured["b1_bn1_w"] = model.branch1.backbone.bn1.weight.grad.clone()
-        captured["b2_conv1_0_w"] = model.get_parameter(
-            "branch2.backbone.conv1.0.weight"
-        ).grad.clone()
+        captured["grad_norm_branch1"] = _grad_norm(model.branch1)
+        captured["grad_norm_branch2"] = _grad_norm(model.branch2)
+        for key, name in GRAD_PARAMS.items():
+            captured[key] = model.get_parameter(name).grad.clone()
 
     calls: list[str] = []
     hooks = [
@@ -74,20 +74,20 @@ def golden_step(golden_dir, det_weights):
         for b in ("branch1", "branch2")
     ]
     batch = {
-        "img": ref["imgs"],
-        "gt": ref["gts"],
-        "img_u0": ref["unsup_imgs_0"],
-        "img_u1": ref["unsup_imgs_1"],
-        "mask": ref["mask"],
+        "img": ref32["imgs"].double(),
+        "gt": ref32["gts"],
+        "img_u0": ref32["unsup_imgs_0"].double(),
+        "img_u1": ref32["unsup_imgs_1"].double(),
+        "mask": ref32["mask"].double(),
     }
     aux: dict = {}
     out = train_step(
         model,
         (opt1, opt2),
         batch,
-        ref["lr"],
+        ref32["lr"],
         sup_criterion=torch.nn.CrossEntropyLoss(ignore_index=255),
-        unsup_weight=ref["unsup_weight"],
+        unsup_weight=ref32["unsup_weight"],
         grad_sync=grab_grads,
         aux=aux,
     )
@@ -95,6 +95,7 @@ def golden_step(golden_dir, det_weights):
         h.remove()
     return {
         "ref": ref,
+        "ref32": ref32,
         "out": out,
         "aux": aux,
         "grads": captured,
@@ -102,58 +103,56 @@ def golden_step(golden_dir, det_weights):
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "groups": groups,
         "group_wd": group_wd,
-        "lr_used": [g["lr"] for g in opt1.param_groups],
-        "keys": keys,
+        "lr_used": [g["lr"] for o in (opt1, opt2) for g in o.param_groups],
+        "keys": det_weights.load_keys(golden_dir / "keys_voc_r50.json"),
     }
 
 
 def test_golden_forward_order_and_logits(golden_step):
-    ref, aux = golden_step["ref"], golden_step["aux"]
-    assert golden_step["calls"] == ["branch1", "branch2"] + ["branch1"] * 2 + ["branch2"] * 2 + [
-        "branch1",
-        "branch2",
-    ]
-    assert torch.equal(aux["unsup_imgs_mixed"], ref["unsup_imgs_mixed"])
-    for key in LOGITS:
-        torch.testing.assert_close(aux[key], ref[key], rtol=0, atol=1e-5, msg=key)
+    ref, ref32, aux = golden_step["ref"], golden_step["ref32"], golden_step["aux"]
+    # forward_order entries look like "tea_1(u0,step1)": the step number names the branch.
+    steps = [re.search(r"step(\d)", call).group(1) for call in ref32["forward_order"]]
+    want = [f"branch{step}" for step in steps]
+    assert golden_step["calls"] == want
+    # The mask is 0/1, so mixing the images is exact in any precision.
+    assert torch.equal(aux["unsup_imgs_mixed"], ref32["unsup_imgs_mixed"].double())
+    logits = [k for k in ref if k.startswith("logits_")]
+    assert logits
+    for key in logits:
+        assert aux[key].dtype == torch.float64, key
+        assert max_rel_diff(aux[key], ref[key]) <= FP64_RTOL, key
 
 
 def test_golden_losses_labels_weights(golden_step):
     ref, out, aux = golden_step["ref"], golden_step["out"], golden_step["aux"]
-    for key in ("loss", "loss_sup_1", "loss_sup_2", "loss_unsup_inter", "loss_unsup_union"):
+    for key in LOSS_KEYS:
         assert out[key].dim() == 0 and not out[key].requires_grad
-        assert out[key].item() == pytest.approx(ref[key], rel=RTOL), key
-    assert out["loss_unsup"].item() == pytest.approx(ref["loss_unsup"], rel=RTOL)
-    assert out["overlap"].item() == pytest.approx(ref["overlap"], rel=1e-12)
+        assert out[key].dtype == torch.float64, key
+        assert max_rel_diff(out[key], ref[key]) <= FP64_RTOL, key
+    assert max_rel_diff(out["overlap"], ref["overlap"]) <= FP64_RTOL
     assert torch.equal(aux["label_1"], ref["ps_label_1"])
     assert torch.equal(aux["label_2"], ref["ps_label_2"])
-    torch.testing.assert_close(aux["class_weight"], ref["w"], rtol=1e-12, atol=1e-15)
+    assert max_rel_diff(aux["class_weight"], ref["w"]) <= FP64_RTOL
 
 
 def test_golden_gradients(golden_step):
     ref, grads = golden_step["ref"], golden_step["grads"]
-    assert grads["norm_1"] == pytest.approx(ref["grad_norm_branch1"], rel=RTOL)
-    assert grads["norm_2"] == pytest.approx(ref["grad_norm_branch2"], rel=RTOL)
-    for mine, theirs in (
-        ("b1_cls_w", "grad_branch1_classifier_weight"),
-        ("b1_cls_b", "grad_branch1_classifier_bias"),
-        ("b1_bn1_w", "grad_branch1_backbone_bn1_weight"),
-        ("b2_conv1_0_w", "grad_branch2_backbone_conv1_0_weight"),
-    ):
-        assert _rel(grads[mine], ref[theirs]) < RTOL, theirs
+    for key in ("grad_norm_branch1", "grad_norm_branch2", *GRAD_PARAMS):
+        assert max_rel_diff(grads[key], ref[key]) <= FP64_RTOL, key
 
 
 def test_golden_parameters_and_buffers_after_step(golden_step):
-    ref, state = golden_step["ref"], golden_step["state"]
+    ref, ref32, state = golden_step["ref"], golden_step["ref32"], golden_step["state"]
     after = [k for k in ref if k.startswith("after_")]
-    assert len(after) == 8
+    assert after
     for key in after:
         name = key[len("after_") :]
-        if name.endswith("num_batches_tracked"):
-            assert state[name].item() == ref[key].item() == 4
-        else:
-            torch.testing.assert_close(state[name], ref[key], rtol=RTOL, atol=1e-6, msg=name)
-    assert golden_step["lr_used"] == ref["lr_used"]
+        assert state[name].dtype == torch.float64, name
+        assert max_rel_diff(state[name], ref[key]) <= FP64_RTOL, name
+    # Integer facts of the float32 file hold in any precision (4 BN updates per branch).
+    for key in (k for k in ref32 if k.startswith("after_") and k.endswith("num_batches_tracked")):
+        assert state[key[len("after_") :]].item() == ref32[key].item(), key
+    assert golden_step["lr_used"] == ref32["lr_used"] * 2
 
 
 def test_golden_optimizer_groups_follow_official_keys(golden_step):
@@ -163,7 +162,7 @@ def test_golden_optimizer_groups_follow_official_keys(golden_step):
         zip(golden_step["groups"], golden_step["group_wd"], strict=True)
     ):
         assert len(groups) == 6
-        assert wds == [1e-4, 0.0] * 3
+        assert wds == [golden_step["ref32"]["weight_decay"], 0.0] * 3
         for i, part in enumerate(("backbone", "head", "classifier")):
             prefix = f"branch{b + 1}.{part}."
             params = [
