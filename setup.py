@@ -1,7 +1,7 @@
 """Installable package for the CPCL reimplementation.
 
-`config/` holds the dataset presets. It is installed as the sub-package `cpcl.presets`
-so that no top-level module named `config` exists that could shadow `exp_*/config.py`.
+The dataset presets live in `cpcl/presets/` (no top-level module named `config` exists that
+could shadow `exp_*/config.py`).
 """
 
 from pathlib import Path
@@ -22,8 +22,7 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cpcl", "cpcl.models", "cpcl.data", "cpcl.presets"],
-    package_dir={"cpcl.presets": "config"},
+    packages=["cpcl", "cpcl.data", "cpcl.methods", "cpcl.models", "cpcl.presets"],
     install_requires=requirements,
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     license="MIT",

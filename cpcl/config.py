@@ -3,10 +3,25 @@
 A config is an `EasyDict` with the official CPCL key names (`C.labeled_ratio`, `C.nepochs`,
 `C.lr`, ...). The flow is::
 
-    C = load_preset("voc")            # official defaults (config/voc.py)
+    C = load_preset("voc")            # dataset defaults (cpcl/presets/voc.py: official CPCL)
     C.labeled_ratio = 16              # user edits in exp_voc/config.py
-    C = apply_overrides(C, argv)      # --key=value from the command line
+    C = apply_overrides(C, argv)      # method defaults, then --key=value from the command line
     C = finalize(C, root=...)         # derived values (paths, counts, iterations)
+
+Where a value comes from, lowest priority first:
+
+1. the dataset preset (`cpcl/presets/<dataset>.py`; the official CPCL settings);
+2. the method's official defaults (`Method.defaults[dataset]` in `cpcl/methods/<name>.py`),
+   for every key the experiment config left at its preset value; the method's own new keys
+   (`Method.config_keys`) are added here;
+3. the experiment config (`exp_*/config.py`): a key set there to a value other than the
+   preset's wins over the method default (a key set to the preset's own value cannot be told
+   apart from an untouched one and takes the method default: override it on the command line);
+4. `--key=value` on the command line, always.
+
+So `python train.py --method=u2pl` runs U2PL's official lr, batch, crop, epochs, ... unless
+the user overrides a key. `describe_sources` names the origin of every value that is not
+the preset's; the training log prints it.
 
 Derived keys hold `None` in the presets; `finalize` fills each one that the user left at
 `None`, so editing `labeled_ratio` alone moves the split lists and the epoch length.
@@ -47,7 +62,6 @@ _NONE_DEFAULT_TYPES: dict[str, type] = {
 # Keys restricted to a fixed set of values.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
-    "method": ("cpcl", "cps", "sup"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "eval_branch": ("1", "2", "avg"),
@@ -140,13 +154,57 @@ def _ratio(text: str) -> float:
     return float(num) / float(den)
 
 
-def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
-    """Apply `--key=value` strings to a copy of `C`; unknown keys and bad values raise ConfigError."""
-    C = copy.deepcopy(C)
+def _parse_args(args: Iterable[str]) -> list[tuple[str, str]]:
+    pairs = []
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"cannot read argument {arg!r}: expected --key=value")
         key, text = arg[2:].split("=", 1)
+        pairs.append((key, text))
+    return pairs
+
+
+def _method_class(name: str) -> Any:
+    from .methods import get_method, method_names  # the methods import this module: late
+
+    if name not in method_names():
+        raise ConfigError(f"C.method = {name!r}: expected one of {', '.join(method_names())}")
+    return get_method(name)
+
+
+def apply_method_defaults(C: EasyDict, keep: Iterable[str] = ()) -> EasyDict:
+    """Add the keys of `C.method` and its official defaults for `C.dataset_name` (in place).
+
+    A default replaces a value only where `C` still holds the dataset preset's value and the
+    key is not in `keep` (the command-line keys). Running it twice changes nothing more.
+    """
+    cls = _method_class(C.method)
+    for key, value in cls.config_keys.items():
+        if key not in C:
+            C[key] = copy.deepcopy(value)
+    defaults = cls.defaults.get(C.get("dataset_name"), {})
+    if defaults:
+        preset = load_preset(C.dataset_name)
+        keep = set(keep)
+        for key, value in defaults.items():
+            if key not in keep and (key not in preset or C.get(key) == preset[key]):
+                C[key] = copy.deepcopy(value)
+    return C
+
+
+def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
+    """Apply the method defaults, then `--key=value` strings, to a copy of `C`.
+
+    The method is the last `--method=` argument, else `C.method`. Unknown keys and bad values
+    raise ConfigError.
+    """
+    C = copy.deepcopy(C)
+    pairs = _parse_args(args)
+    methods = [text for key, text in pairs if key == "method"]
+    if methods:
+        C.method = methods[-1]
+    apply_method_defaults(C, keep=[key for key, _ in pairs])
+    for key, text in pairs:
         if key not in C:
             close = difflib.get_close_matches(key, list(C.keys()), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
@@ -156,11 +214,58 @@ def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
     return C
 
 
+# Keys that `finalize` derives or turns into absolute paths (not reported as user choices).
+_DERIVED = (
+    "dataset_path",
+    "log_dir",
+    "snapshot_dir",
+    "train_source",
+    "unsup_source",
+    "eval_source",
+    "eval_crop_size",
+    "num_train_imgs",
+    "num_unsup_imgs",
+    "max_samples",
+    "niters_per_epoch",
+)
+
+
+def config_sources(C: EasyDict, argv: Iterable[str] | None = None) -> dict[str, str]:
+    """Where each non-preset value of `C` comes from: "command line", "<method> default",
+    "experiment config" (or "derived" for the keys `finalize` fills)."""
+    cli = {a[2:].split("=", 1)[0] for a in (argv or []) if a.startswith("--") and "=" in a}
+    preset = load_preset(C.dataset_name) if C.get("dataset_name") in PRESETS else {}
+    cls = _method_class(C.method)
+    method_defaults = {**cls.config_keys, **cls.defaults.get(C.get("dataset_name"), {})}
+    out: dict[str, str] = {}
+    for key, value in C.items():
+        if key in cli:
+            out[key] = "command line"
+        elif key in _DERIVED:
+            if preset.get(key) != value:
+                out[key] = "derived"
+        elif key in method_defaults and value == method_defaults[key]:
+            if preset.get(key, object()) != value:
+                out[key] = f"{C.method} default"
+        elif key not in preset or preset[key] != value:
+            out[key] = "experiment config"
+    return out
+
+
+def describe_sources(C: EasyDict, argv: Iterable[str] | None = None) -> str:
+    """One line: `key=value (source)` for every value that is not the preset's or derived."""
+    sources = config_sources(C, argv)
+    parts = [f"{k}={C[k]!r} ({v})" for k, v in sources.items() if v != "derived"]
+    return ", ".join(parts) if parts else "none"
+
+
 def validate(C: EasyDict) -> None:
     """Check values that the rest of the code relies on; raise ConfigError naming the key."""
     for key, choices in _CHOICES.items():
         if key in C and C[key] not in choices:
             raise ConfigError(f"C.{key} = {C[key]!r}: expected one of {', '.join(choices)}")
+    if "method" in C:
+        _method_class(C.method).check_config(C)
     for key in ("batch_size", "nepochs", "image_height", "image_width", "num_classes"):
         if key in C and (not isinstance(C[key], int) or C[key] < 1):
             raise ConfigError(f"C.{key} = {C[key]!r}: expected a positive integer")

@@ -1,4 +1,7 @@
-"""Losses: the supervised criteria and the CPCL / CPS pseudo-supervision.
+"""Losses: the generic supervised criteria (cross-entropy, OHEM).
+
+The CPCL and CPS pseudo-supervision live with their methods (`cpcl.methods.cpcl`,
+`cpcl.methods.cps`); their names are re-exported here for existing callers.
 
 Everything here stays on the logits' device and never copies to the host (no `.item()`,
 no NumPy, no sklearn), so a training iteration does not stall on a device sync.
@@ -8,11 +11,9 @@ see the golden README for the details that are easy to get wrong.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -186,132 +187,19 @@ def build_sup_criterion(C: Any, per_rank_batch: int) -> nn.Module:
     raise CpclError(f"C.sup_loss = {kind!r}: expected one of ce, ohem")
 
 
-def _check_logits(names: Sequence[str], tensors: Sequence[Tensor], num_classes: int | None) -> None:
-    ref = tensors[0]
-    for name, t in zip(names, tensors, strict=True):
-        if t.dim() != 4 or t.shape != ref.shape:
-            raise CpclError(
-                f"{name} has shape {tuple(t.shape)}; expected (B,C,H,W) equal to "
-                f"{names[0]} {tuple(ref.shape)}"
-            )
-    if num_classes is not None and ref.shape[1] != num_classes:
-        raise CpclError(f"logits have {ref.shape[1]} channels but num_classes={num_classes}")
+# Names that moved to their methods' modules, still importable from here. Resolved on first
+# use: the method modules import this module, so a top-level import would be circular.
+_MOVED = {
+    "cpcl_pseudo_supervision": "cpcl",
+    "pseudo_label_confusion": "cpcl",
+    "disagreement_weight": "cpcl",
+    "cps_loss": "cps",
+}
 
 
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-
-def pseudo_label_confusion(label_1: Tensor, label_2: Tensor, num_classes: int) -> Tensor:
-    """Confusion matrix `[label_1, label_2]` (int64, CxC) with one of each class appended.
-
-    Counts are all-reduced over the process group when one is initialised, and the identity
-    (the appended class ids) is added once after the reduction, so the result equals the
-    official matrix of the concatenated global batch.
-    """
-    idx = label_1.reshape(-1) * num_classes + label_2.reshape(-1)
-    # index_add_ rather than bincount: CUDA bincount reads max() back to the host to size its
-    # output, a sync on every iteration; the size is known here.
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=idx.device)
-    counts.index_add_(0, idx, torch.ones_like(idx))
-    counts = counts.view(num_classes, num_classes)
-    if _dist_active():
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    return counts + torch.eye(num_classes, dtype=counts.dtype, device=counts.device)
-
-
-def disagreement_weight(confusion: Tensor) -> Tensor:
-    """Per-class disagreement weight `w` (float64) from an appended confusion matrix.
-
-    `w_c = (colsum_c - diag_c)/colsum_c + (rowsum_c - diag_c)/rowsum_c`, normalised by its sum
-    (+1e-6). The appended identity keeps every row/column sum >= 1, so there is no 0/0.
-    """
-    conf = confusion.double()
-    diag = conf.diagonal()
-    col = conf.sum(0)
-    row = conf.sum(1)
-    w = (col - diag) / col + (row - diag) / row
-    return w / (w.sum() + 1e-6)
-
-
-def cpcl_pseudo_supervision(
-    t1: Tensor,
-    t2: Tensor,
-    s1: Tensor,
-    s2: Tensor,
-    *,
-    num_classes: int,
-    ignore_index: int = 255,
-) -> dict[str, Tensor]:
-    """CPCL conservative (intersection) and progressive (union) pseudo supervision.
-
-    Args:
-        t1, t2: the two teachers' CutMix-mixed logits (B,C,H,W); treated as constants.
-        s1, s2: the students' logits on the mixed image (B,C,H,W); student 1 learns from the
-            intersection labels, student 2 from the union labels.
-        num_classes: C.
-        ignore_index: label value for pixels without supervision (the inter label's disagreement).
-
-    Returns a dict of tensors: `loss_inter`, `loss_union` (0-dim, float32, or float64 for
-    float64 inputs; mean over ALL pixels including ignored ones, as the official code does), `overlap` (0-dim float64, appended
-    samples included), `label_inter`, `label_union`, `label_1`, `label_2` (B,H,W int64),
-    `conf_1`, `conf_2` (B,H,W max softmax probability), `class_weight` (C, float64) and
-    `confusion` (C,C int64).
-    """
-    _check_logits(("t1", "t2", "s1", "s2"), (t1, t2, s1, s2), num_classes)
-    with torch.no_grad():
-        t1 = at_least_float32(t1.detach())
-        t2 = at_least_float32(t2.detach())
-        # Labels from the logits (as the official code), confidences from the softmax.
-        label_1 = t1.argmax(dim=1)
-        label_2 = t2.argmax(dim=1)
-        conf_1 = F.softmax(t1, dim=1).amax(dim=1)
-        conf_2 = F.softmax(t2, dim=1).amax(dim=1)
-
-        confusion = pseudo_label_confusion(label_1, label_2, num_classes)
-        w = disagreement_weight(confusion)
-        overlap = confusion.diagonal().sum().double() / confusion.sum().double()
-
-        agree = label_1 == label_2
-        # Strict '>' so ties go to teacher 2, as in the official code.
-        take_1 = w[label_1] > w[label_2]
-        label_inter = torch.where(agree, label_1, torch.full_like(label_1, ignore_index))
-        label_union = torch.where(agree | take_1, label_1, label_2)
-        mean_conf = (conf_1 + conf_2) / 2
-        weight_inter = mean_conf
-        weight_union = torch.where(agree, mean_conf, torch.where(take_1, conf_1, conf_2))
-
-    ce_inter = F.cross_entropy(
-        at_least_float32(s1), label_inter, ignore_index=ignore_index, reduction="none"
-    )
-    ce_union = F.cross_entropy(
-        at_least_float32(s2), label_union, ignore_index=ignore_index, reduction="none"
-    )
-    return {
-        "loss_inter": (ce_inter * weight_inter).mean(),
-        "loss_union": (ce_union * weight_union).mean(),
-        "overlap": overlap,
-        "label_inter": label_inter,
-        "label_union": label_union,
-        "label_1": label_1,
-        "label_2": label_2,
-        "conf_1": conf_1,
-        "conf_2": conf_2,
-        "class_weight": w,
-        "confusion": confusion,
-    }
-
-
-def cps_loss(t1: Tensor, t2: Tensor, s1: Tensor, s2: Tensor, *, ignore_index: int = 255) -> Tensor:
-    """CPS cross pseudo supervision: argmax of each mixed teacher supervises the OTHER student.
-
-    `CE(s1, argmax t2) + CE(s2, argmax t1)`, plain mean cross-entropy (unweighted); the caller
-    multiplies by the unsupervised weight.
-    """
-    _check_logits(("t1", "t2", "s1", "s2"), (t1, t2, s1, s2), None)
-    with torch.no_grad():
-        label_1 = t1.detach().argmax(dim=1)
-        label_2 = t2.detach().argmax(dim=1)
-    return F.cross_entropy(
-        at_least_float32(s1), label_2, ignore_index=ignore_index
-    ) + F.cross_entropy(at_least_float32(s2), label_1, ignore_index=ignore_index)
+        return getattr(importlib.import_module(f"cpcl.methods.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

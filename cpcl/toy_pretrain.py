@@ -32,7 +32,7 @@ from .data.toy import OBJECTS_PER_IMAGE, voc_toy_scene
 from .data.transforms import normalize
 from .errors import CpclError
 from .fileio import atomic_write_text
-from .models.network import SingleNetwork
+from .models import ModelSettings, build_model
 from .optim import WarmUpPolyLR, set_lr
 from .presets.common import defaults
 
@@ -111,7 +111,8 @@ def pretrain_toy_backbone(
     preset = defaults()  # the mean/std the training pipeline normalises with
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2023])
-    net = SingleNetwork(1 + len(PRETRAIN_OBJECTS), backbone).to(device).train()
+    settings = ModelSettings(1 + len(PRETRAIN_OBJECTS), backbone)
+    net = build_model("deeplabv3plus", settings).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     t0 = time.perf_counter()
     losses: list[torch.Tensor] = []

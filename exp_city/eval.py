@@ -4,6 +4,7 @@ import os
 import sys
 
 from config import C
+
 from cpcl.evaluate import main
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Values come from config.py; any key can be overridden, e.g. --labeled_ratio=16 -
 import sys
 
 from config import C
+
 from cpcl.engine import main
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cpcl.evaluate import sliding_predict, window_grid
-from cpcl.models import Network
+from cpcl.models import ModelSettings, build_model
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -111,7 +111,7 @@ def _timed(fn, device):
 
 def _make_model(backbone: str, num_classes: int, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = Network(num_classes, backbone=backbone)
+    model = build_model("two_branch", ModelSettings(num_classes, backbone=backbone))
     for m in model.modules():  # non-trivial running statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES
 
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
 from cpcl.evaluate import evaluate_snapshot
+from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES
 from cpcl.toy_pretrain import pretrain_toy_backbone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ import torch
 
 from cpcl.engine import train_step
 from cpcl.losses import ProbOhemCrossEntropy2d
-from cpcl.models import Network
+from cpcl.models import ModelSettings, build_model
 from cpcl.optim import build_optimizers
 
 
@@ -89,7 +89,8 @@ class _Setting:
         self.device = torch.device(args.device)
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
         torch.manual_seed(0)
-        model = Network(args.classes, backbone=args.backbone).to(self.device).train()
+        settings = ModelSettings(args.classes, backbone=args.backbone)
+        model = build_model("two_branch", settings).to(self.device).train()
         self.model = model.to(memory_format=fmt)
         self.opts = build_optimizers(self.model, 0.005, 0.9, 1e-4)
         self.batch = _batch(args, self.device, fmt)

@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.datasets import build_dataset, palette_for, resolve_class_names
@@ -40,6 +39,7 @@ from cpcl.engine import fit
 from cpcl.errors import CpclError
 from cpcl.evaluate import evaluate_snapshot
 from cpcl.metrics import format_iou_table
+from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C

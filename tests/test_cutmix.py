@@ -8,7 +8,8 @@ import torch
 from conftest import golden_cases, load_golden
 
 from cpcl.config import load_preset
-from cpcl.data.cutmix import BoxMaskSettings, MaskCollate, box_masks, generate_params
+from cpcl.data.cutmix import BoxMaskSettings, box_masks, generate_params
+from cpcl.data.views import CutMixView, TransformSettings
 from cpcl.errors import CpclError
 
 
@@ -144,9 +145,12 @@ def test_settings_from_config_negate_the_flags():
         BoxMaskSettings.from_config(C)
 
 
-def test_mask_collate_stacks_and_adds_masks():
-    samples = [np.full((3, 8, 10), i, dtype=np.float32) for i in range(3)]
-    out = MaskCollate(seed=0)(samples)
-    assert out["img"].shape == (3, 3, 8, 10) and out["img"].dtype == torch.float32
-    assert torch.equal(out["img"][:, 0, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
+def test_cutmix_view_collate_adds_the_masks_of_its_generator():
+    settings = TransformSettings((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (8, 10), None)
+    view = CutMixView(settings, BoxMaskSettings())
+    img = torch.stack([torch.full((3, 8, 10), float(i)) for i in range(3)])
+    out = view.collate({"img": img}, torch.Generator().manual_seed(0))
+    assert out["img"] is img
     assert out["mask"].shape == (3, 1, 8, 10) and out["mask"].dtype == torch.float32
+    want = box_masks(3, (8, 10), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["mask"], want)

@@ -211,31 +211,3 @@ def box_masks(
             region = masks[i, 0, by0:by1, bx0:bx1]
             region.neg_().add_(1.0)
     return masks
-
-
-class MaskCollate:
-    """Collate for unlabeled samples: stacks them and adds one CutMix mask batch.
-
-    Each sample is a CHW image (numpy array or tensor). Returns `{"img": (B,3,H,W) float32,
-    "mask": (B,1,H,W) float32}`. The masks come from `generator` if given, else from a torch
-    generator seeded once from `seed`.
-    """
-
-    def __init__(self, settings: BoxMaskSettings | None = None, *, seed: int = 0) -> None:
-        self.settings = settings or BoxMaskSettings()
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(
-        self, samples: Sequence[Any], generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Stack `samples` and draw a (B,1,H,W) mask batch of the same spatial size."""
-        if len(samples) == 0:
-            raise CpclError("MaskCollate got an empty batch: expected at least one sample")
-        img = torch.stack([torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in samples])
-        mask = box_masks(
-            img.shape[0],
-            img.shape[-2:],
-            generator=generator if generator is not None else self.generator,
-            settings=self.settings,
-        )
-        return {"img": img, "mask": mask}

@@ -1,7 +1,10 @@
-"""Training loader: three independent sample streams per iteration, official epoch composition.
+"""Training loader: independent sample streams per iteration, official epoch composition.
+
+The method's data view (`cpcl.data.views`) names the streams a batch slot draws from: sup
+only the labeled one, CPS/CPCL the official three (labeled, unlabeled-0, unlabeled-1).
 
 Official sampling (CPS/TorchSemiSeg `BaseDataset._construct_new_file_names` + shuffled
-DataLoader): each of the three streams (labeled, unlabeled-0, unlabeled-1) is stretched to
+DataLoader): each stream is stretched to
 `max_samples = max(n_labeled, n_unlabeled)` items per epoch and shuffled, and an epoch has
 `niters_per_epoch = max_samples // batch_size` iterations (drop_last).
 
@@ -11,8 +14,9 @@ Differences from the official code, all in the direction of what it evidently in
   item) with a fresh `randperm` each time, so the remainder positions are effectively drawn with
   replacement; `StretchSampler` makes one permutation per epoch: whole copies of every item plus a
   random subset (without replacement) for the remainder, shuffled together;
-* one worker pool serves all three streams (the official code runs three DataLoaders): every
-  worker item is one (labeled, u0, u1) triple of an iteration, and the collate adds the mask batch;
+* one worker pool serves all streams (the official code runs three DataLoaders): every worker
+  item is one batch slot of an iteration (e.g. a (labeled, u0, u1) triple), and the collate
+  adds the per-batch tensors of the view (the CutMix masks);
 * all randomness is derived from (seed, rank, epoch, iteration, slot), so an epoch's batches do not
   depend on the number of workers, and a resumed run sees exactly the batches it would have seen.
 """
@@ -29,8 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import CpclError, DataError
-from .cutmix import BoxMaskSettings, box_masks
-from .transforms import TrainTransform
+from .views import DataView
 
 # Salts that keep the seed streams of the different consumers apart.
 _SALT_SAMPLER = 0
@@ -38,10 +41,6 @@ _SALT_SAMPLE = 1
 _SALT_MASK = 2
 _SALT_WORKER = 3
 _SALT_LOADER = 4
-
-STREAM_LABELED = 0
-STREAM_UNLABELED_0 = 1
-STREAM_UNLABELED_1 = 2
 
 
 class SampleSource(Protocol):
@@ -145,18 +144,16 @@ def _endless(sampler: StretchSampler, epoch: int, skip: int) -> Iterator[int]:
 
 @dataclass(frozen=True)
 class _Item:
-    """One worker job: the three stream indices of batch slot `slot` of iteration `it`."""
+    """One worker job: the stream indices of batch slot `slot` of iteration `it`."""
 
     epoch: int
     it: int
     slot: int
-    labeled: int
-    u0: int
-    u1: int
+    indices: tuple[int, ...]
 
 
 class _IterationSampler(Sampler[list]):
-    """Yields, per iteration, the list of `batch` triples drawn from the three streams."""
+    """Yields, per iteration, the list of `batch` items, one index from each stream."""
 
     def __init__(self, streams: Sequence[StretchSampler], batch: int, niters: int) -> None:
         self.streams = list(streams)
@@ -170,7 +167,7 @@ class _IterationSampler(Sampler[list]):
         e, b = self.epoch, self.batch
         its = [_endless(s, e, self.start_iter * b) for s in self.streams]
         for it in range(self.start_iter, self.niters):
-            yield [_Item(e, it, k, next(its[0]), next(its[1]), next(its[2])) for k in range(b)]
+            yield [_Item(e, it, k, tuple(next(i) for i in its)) for k in range(b)]
 
 
 @dataclass(frozen=True)
@@ -180,24 +177,23 @@ class _Failure:
     message: str
 
 
-class _TripleDataset(Dataset):
-    """Loads and transforms one (labeled, u0, u1) triple; per-sample seeded randomness."""
+class _ViewDataset(Dataset):
+    """Loads the images of one batch slot and builds its sample with the method's view."""
 
     def __init__(
         self,
-        labeled: SampleSource,
-        unlabeled: SampleSource,
-        transform: TrainTransform,
+        sources: Sequence[SampleSource],
+        view: DataView,
         *,
         seed: int,
         rank: int,
     ) -> None:
-        self.labeled, self.unlabeled, self.transform = labeled, unlabeled, transform
+        self.sources, self.view = list(sources), view
         self.seed, self.rank = seed, rank
         self._seeded_epoch: int | None = None
 
     def __len__(self) -> int:
-        return len(self.unlabeled)
+        return len(self.sources[-1])
 
     def _reseed_worker_globals(self, epoch: int) -> None:
         # Third-party code in a worker may use the global generators; make them depend on
@@ -212,15 +208,11 @@ class _TripleDataset(Dataset):
         self._reseed_worker_globals(item.epoch)
         key = (self.seed, _SALT_SAMPLE, self.rank, item.epoch, item.it, item.slot)
         try:
-            img, gt, name = self.labeled.load(item.labeled)
-            if gt is None:
-                raise DataError(f"labeled image {name!r} came without a label")
-            img, gt = self.transform(img, gt, rng=_rng(*key, 0))
-            u0, _ = self.transform(self.unlabeled.load(item.u0)[0], None, rng=_rng(*key, 1))
-            u1, _ = self.transform(self.unlabeled.load(item.u1)[0], None, rng=_rng(*key, 2))
+            loaded = [src.load(i) for src, i in zip(self.sources, item.indices, strict=True)]
+            sample = self.view.sample(loaded, lambda k: _rng(*key, k))
         except DataError as err:
             return _Failure(str(err))
-        return img, gt, u0, u1, item.epoch, item.it
+        return sample, item.epoch, item.it
 
 
 def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
@@ -239,22 +231,22 @@ def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 class _TrainCollate:
-    """Stacks the triples and adds one CutMix mask batch seeded by (seed, rank, epoch, it)."""
+    """Stacks the samples, then lets the view add per-batch tensors (e.g. CutMix masks) drawn
+    from a generator seeded by (seed, rank, epoch, it)."""
 
-    def __init__(self, settings: BoxMaskSettings, *, seed: int, rank: int) -> None:
-        self.settings, self.seed, self.rank = settings, seed, rank
+    def __init__(self, view: DataView, *, seed: int, rank: int) -> None:
+        self.view, self.seed, self.rank = view, seed, rank
 
     def __call__(self, samples: list[Any]) -> dict[str, torch.Tensor] | _Failure:
         for x in samples:
             if isinstance(x, _Failure):
                 return x
-        epoch, it = samples[0][4], samples[0][5]
-        img, gt, u0, u1 = (_stack([x[k] for x in samples]) for k in range(4))
-        # The mask depends on the iteration, not on which worker happens to build the batch.
+        epoch, it = samples[0][1], samples[0][2]
+        batch = {k: _stack([x[0][k] for x in samples]) for k in samples[0][0]}
+        # Per-batch randomness depends on the iteration, not on which worker builds the batch.
         s = np.random.SeedSequence([self.seed, _SALT_MASK, self.rank, epoch, it])
         gen = torch.Generator().manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1))
-        mask = box_masks(len(samples), img.shape[-2:], generator=gen, settings=self.settings)
-        return {"img": img, "gt": gt, "img_u0": u0, "img_u1": u1, "mask": mask}
+        return self.view.collate(batch, gen)
 
 
 def seed_worker(seed: int, epoch: int, rank: int, worker: int) -> None:
@@ -268,7 +260,7 @@ def seed_worker(seed: int, epoch: int, rank: int, worker: int) -> None:
 class _WorkerInit:
     """Picklable `worker_init_fn`: seeds the globals for the epoch the workers start in.
 
-    Persistent workers outlive an epoch; `_TripleDataset` re-seeds them when the epoch changes.
+    Persistent workers outlive an epoch; `_ViewDataset` re-seeds them when the epoch changes.
     """
 
     def __init__(self, seed: int, rank: int, sampler: _IterationSampler) -> None:
@@ -288,7 +280,7 @@ class TrainLoader:
 
     def __init__(
         self,
-        dataset: _TripleDataset,
+        dataset: _ViewDataset,
         sampler: _IterationSampler,
         collate: _TrainCollate,
         *,
@@ -344,12 +336,15 @@ def build_train_loader(
     world_size: int = 1,
     labeled: SampleSource | None = None,
     unlabeled: SampleSource | None = None,
+    view: DataView | None = None,
 ) -> TrainLoader:
     """The training loader of a FINALIZED config `C` for one rank.
 
-    Each iteration yields `{"img": (B,3,H,W) float32, "gt": (B,H,W) int64, "img_u0",
-    "img_u1": (B,3,H,W) float32, "mask": (B,1,H,W) float32}` with the per-rank batch
-    `B = C.batch_size // world_size`, for exactly `C.niters_per_epoch` iterations.
+    Each iteration yields the dict of `view` (default: the view of `C.method`; for CPS and
+    CPCL `{"img": (B,3,H,W) float32, "gt": (B,H,W) int64, "img_u0", "img_u1": (B,3,H,W)
+    float32, "mask": (B,1,H,W) float32}`) with the per-rank batch
+    `B = C.batch_size // world_size`, for exactly `C.niters_per_epoch` iterations. Only the
+    streams the view names are read (sup reads no unlabeled image).
     `labeled` / `unlabeled` replace `build_dataset(C, "labeled" / "unlabeled")` (tests, tools).
     """
     for key in ("max_samples", "niters_per_epoch"):
@@ -362,12 +357,20 @@ def build_train_loader(
             f"C.batch_size = {C.batch_size} is not divisible by world_size = {world_size}: "
             "expected a global batch that splits evenly over the ranks"
         )
-    if labeled is None or unlabeled is None:
-        from .datasets import build_dataset  # helper A's module; imported only when needed
-
-        labeled = labeled if labeled is not None else build_dataset(C, "labeled")
-        unlabeled = unlabeled if unlabeled is not None else build_dataset(C, "unlabeled")
     batch = C.batch_size // world_size
+    if view is None:
+        from ..methods import get_method  # the methods import this package: resolve late
+
+        view = get_method(C.method).from_config(C, per_rank_batch=batch).data_view()
+    needed = set(view.streams)
+    if ("labeled" in needed and labeled is None) or ("unlabeled" in needed and unlabeled is None):
+        from .datasets import build_dataset
+
+        if "labeled" in needed and labeled is None:
+            labeled = build_dataset(C, "labeled")
+        if "unlabeled" in needed and unlabeled is None:
+            unlabeled = build_dataset(C, "unlabeled")
+    sources = {"labeled": labeled, "unlabeled": unlabeled}
     total = int(C.max_samples)
     seed = int(C.seed)
     if total // world_size < 1:
@@ -375,24 +378,21 @@ def build_train_loader(
             f"C.max_samples = {total} is smaller than world_size = {world_size}: expected at "
             "least one sample per rank"
         )
+    # Stream k of the view gets sampler stream id k (labeled 0, unlabeled 1, 2, ...), so the
+    # CPS/CPCL triple keeps the ids of the official three loaders.
     streams = [
-        StretchSampler(len(ds), total, seed=seed, rank=rank, world_size=world_size, stream=k)
-        for k, ds in (
-            (STREAM_LABELED, labeled),
-            (STREAM_UNLABELED_0, unlabeled),
-            (STREAM_UNLABELED_1, unlabeled),
+        StretchSampler(
+            len(sources[name]), total, seed=seed, rank=rank, world_size=world_size, stream=k
         )
+        for k, name in enumerate(view.streams)
     ]
-    transform = TrainTransform(
-        C.image_mean, C.image_std, (C.image_height, C.image_width), C.train_scale_array
-    )
     num_workers = int(C.num_workers)
     if num_workers < 0:
         raise CpclError(f"C.num_workers = {num_workers}: expected >= 0")
     return TrainLoader(
-        _TripleDataset(labeled, unlabeled, transform, seed=seed, rank=rank),
+        _ViewDataset([sources[name] for name in view.streams], view, seed=seed, rank=rank),
         _IterationSampler(streams, batch, int(C.niters_per_epoch)),
-        _TrainCollate(BoxMaskSettings.from_config(C), seed=seed, rank=rank),
+        _TrainCollate(view, seed=seed, rank=rank),
         num_workers=num_workers,
         seed=seed,
         rank=rank,

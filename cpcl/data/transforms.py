@@ -16,6 +16,9 @@ Order (image RGB uint8 HxWx3, label HxW uint8 or None):
 
 Output: image CHW float32, label HW int64.
 
+`TrainTransform.geometric` does steps 1, 2, 4 and 5 on the uint8 image (where a method can
+add photometric augmentation, see `cpcl.data.views`) and `TrainTransform.normalize` step 3.
+
 Speed without changing a single value: normalisation is a per-channel function of a uint8, so it
 is a 3x256 lookup table computed once with the official float32/float64 arithmetic; and since it
 is pixel-wise it is applied only to the cropped window (not the whole rescaled image), written
@@ -25,6 +28,7 @@ straight into the zero-padded CHW output.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -140,6 +144,19 @@ def _check_image(img: np.ndarray) -> None:
         raise DataError(f"training image of shape {img.shape}: expected 3 channels (HxWx3 RGB)")
 
 
+@dataclass
+class Crop:
+    """A training crop before normalisation.
+
+    img: (crop_h, crop_w, 3) uint8 RGB, 0 in the padding. label: (crop_h, crop_w) int64 with
+    255 in the padding, or None. window: (top, left, height, width) of the real pixels.
+    """
+
+    img: np.ndarray
+    label: np.ndarray | None
+    window: tuple[int, int, int, int]
+
+
 class TrainTransform:
     """The official training transform: mirror, rescale, normalise, crop, pad.
 
@@ -165,14 +182,18 @@ class TrainTransform:
         if self.scales is not None and (not self.scales or min(self.scales) <= 0):
             raise DataError(f"train_scale_array = {scales!r}: expected positive scales")
 
-    def __call__(
+    def geometric(
         self,
         img: np.ndarray,
         label: np.ndarray | None = None,
         *,
         rng: np.random.Generator,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Transform one sample; `label` None for unlabeled images."""
+    ) -> Crop:
+        """Mirror, rescale, crop and pad, still uint8 (the stage for photometric augmentation).
+
+        The image padding is 0 and `Crop.window` marks the real pixels; `normalize` then
+        writes 0 (in normalised space) into the padding, as the official code does.
+        """
         _check_image(img)
         # A BGR->RGB view (`img[..., ::-1]`) has negative strides, which cv2 cannot take.
         img = np.ascontiguousarray(img)
@@ -189,12 +210,33 @@ class TrainTransform:
         win = img[y : y + ch, x : x + cw]
         top, _ = _pad_margins(win.shape[0], ch)
         left, _ = _pad_margins(win.shape[1], cw)
-        # Normalise only the window (pixel-wise, so identical to normalising everything first)
-        # and write it straight into the zero-padded CHW output.
-        norm = cv2.LUT(np.ascontiguousarray(win), self.lut)
-        out = np.zeros((3, ch, cw), dtype=np.float32)
-        out[:, top : top + win.shape[0], left : left + win.shape[1]] = norm.transpose(2, 0, 1)
+        out = np.zeros((ch, cw, 3), dtype=np.uint8)
+        out[top : top + win.shape[0], left : left + win.shape[1]] = win
         out_label = None
         if label is not None:
             out_label = crop_pad(label, (y, x), self.crop, IGNORE_LABEL).astype(np.int64)
-        return out, out_label
+        return Crop(out, out_label, (top, left, win.shape[0], win.shape[1]))
+
+    def normalize(self, crop: Crop) -> np.ndarray:
+        """CHW float32: the official normalisation of the crop's real pixels, 0 in the padding.
+
+        Normalising only the window is identical to normalising first and padding with 0 after
+        (the official order) because the normalisation is pixel-wise.
+        """
+        top, left, h, w = crop.window
+        ch, cw = crop.img.shape[:2]
+        norm = cv2.LUT(np.ascontiguousarray(crop.img[top : top + h, left : left + w]), self.lut)
+        out = np.zeros((3, ch, cw), dtype=np.float32)
+        out[:, top : top + h, left : left + w] = norm.transpose(2, 0, 1)
+        return out
+
+    def __call__(
+        self,
+        img: np.ndarray,
+        label: np.ndarray | None = None,
+        *,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Transform one sample; `label` None for unlabeled images."""
+        crop = self.geometric(img, label, rng=rng)
+        return self.normalize(crop), crop.label

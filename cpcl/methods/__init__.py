@@ -1,1 +1,68 @@
-"""Method modules: one per semi-supervised method (UniMatch building blocks for now)."""
+"""Training methods, one module each, behind the `Method` interface of `cpcl.methods.base`.
+
+`get_method(C.method)` returns the method class; the registry maps each name to its module,
+imported only when asked for. To add a method: write `cpcl/methods/<name>.py` with a
+`Method` subclass called `METHOD`, add the name here, and see README "Adding a method".
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CpclError
+from .base import Method, StepInfo
+
+# C.method -> module under cpcl.methods (each defines METHOD, a Method subclass).
+REGISTRY: dict[str, str] = {
+    "cpcl": "cpcl",
+    "cps": "cps",
+    "sup": "sup",
+}
+
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "StepInfo",
+    "eval_net_from_checkpoint",
+    "get_method",
+    "method_names",
+]
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered method names, in registry order."""
+    return tuple(REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The `Method` subclass registered as `name`; an unknown name lists the choices."""
+    if name not in REGISTRY:
+        raise CpclError(f"method={name!r}: expected one of {', '.join(REGISTRY)}")
+    module = importlib.import_module(f"{__name__}.{REGISTRY[name]}")
+    return module.METHOD
+
+
+def eval_net_from_checkpoint(
+    C: Any, ckpt: Mapping[str, Any], device: torch.device | str = "cpu"
+) -> nn.Module:
+    """The network `C.method` evaluates, with the weights of checkpoint dict `ckpt`.
+
+    `C` must be finalized. Builds the model without ImageNet weights, loads `ckpt["model"]`
+    (official snapshots included), moves it to `device`, runs `setup`, restores
+    `method_state` (e.g. an EMA teacher) and returns `eval_net(model)` in eval mode: a plain
+    module `x (B,3,H,W) -> logits (B,C,H,W)` at the input size.
+    """
+    from ..checkpoint import load_weights
+
+    method = get_method(C.method).from_config(C, per_rank_batch=1)
+    model = method.build_model(pretrained=False)
+    load_weights(model, ckpt)
+    model.to(device)
+    method.setup(model)
+    method.load_state_dict(ckpt.get("method_state") or {})
+    return method.eval_net(model).eval()

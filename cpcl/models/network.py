@@ -51,12 +51,20 @@ class SingleNetwork(nn.Module):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's four stage outputs (strides 4, 8, 16, 16)."""
+        return self.backbone(x)
+
+    def decode(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(head feature, logits)` at stride 4 from `features(x)` (perturbed or not)."""
+        feature = self.head(feats)
+        return feature, self.classifier(feature)
+
     def forward(
         self, x: torch.Tensor, return_feature: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, C, H, W) at the input size; with `return_feature` also the head feature."""
-        feature = self.head(self.backbone(x))
-        logits = self.classifier(feature)
+        feature, logits = self.decode(self.features(x))
         logits = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=True)
         return (feature, logits) if return_feature else logits
 

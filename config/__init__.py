@@ -1,1 +1,0 @@
-"""Dataset presets with the official CPCL defaults (installed as ``cpcl.presets``)."""

@@ -1,0 +1,146 @@
+"""The interface between the generic engine and one training method.
+
+A method is a subclass of `Method` in its own module (`cpcl/methods/<name>.py`), registered
+by name in `cpcl/methods/__init__.py`. The engine (`cpcl.engine`) owns everything that is the
+same for every method: devices, DDP and SyncBN, autocast, backward, gradient sync, the
+optimiser steps, the loop, snapshots, exact resume, SIGTERM, the NaN stop and logging. The
+method owns its maths. One iteration, written out in `cpcl.engine.train_step`::
+
+    lr = method.set_lr(optimizers, step)                  # the method's official schedule
+    for opt in optimizers: opt.zero_grad(set_to_none=True)
+    with autocast(amp):
+        loss, logs = method.forward_loss(model, batch, step)  # forwards + losses, no backward
+    loss.backward(); grad_sync(); for opt in optimizers: opt.step()   # (GradScaler with fp16)
+    method.after_step(model, step)                       # e.g. EMA teacher update
+
+What a method provides (class attributes, then methods; see `Method` for signatures):
+
+* `name`: its `C.method` value.
+* `defaults`: its official settings per dataset, `{"voc": {"lr": ...}, "cityscapes": {...}}`.
+  They replace the dataset preset's values for keys that the experiment config left at the
+  preset value; `--key=value` always wins (see `cpcl.config.apply_overrides`, which records
+  where every value came from; the run log prints it).
+* `config_keys`: new config keys of the method with their defaults (prefix them with the
+  method name, e.g. `u2pl_ema_decay`); they are added to `C` so `--key=value` works.
+* `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
+* `from_config(C, per_rank_batch=...)`: build the method object; read every value it needs
+  from `C` here, once (the object then holds small settings, never `C`).
+* `data_view()`: a picklable `cpcl.data.views.DataView`: which sample streams one batch slot
+  draws (labeled / unlabeled), how a decoded uint8 sample becomes tensors (geometric
+  transform, an optional uint8 photometric stage, normalisation) and what the collate adds
+  (e.g. CutMix boxes). `sup` reads no unlabeled image.
+* `build_model(pretrained=True)`: the trainable network(s) as ONE `nn.Module` (what is
+  checkpointed under `model`, DDP-synchronised and SyncBN-converted), built with
+  `cpcl.models.build_model`; `pretrained=False` skips the ImageNet file (evaluation).
+* `build_optimizers(model)`: a tuple of optimisers (saved as `optimizer_1`, `optimizer_2`, ...).
+* `set_lr(optimizers, step)`: write this iteration's learning rates (any number of groups,
+  any multipliers) and return the headline lr for the log. A method whose official code
+  writes the lr AFTER `optimizer.step()` returns here the value that step would have seen.
+* `setup(model)`: called once after the model is on its device (SyncBN, broadcast done) and
+  before a resume: build extra networks here, e.g. an EMA teacher (deep copy of the model).
+* `forward_loss(model, batch, step, aux=None)`: the forwards and losses of one iteration,
+  under the engine's autocast. Returns `(loss, logs)`: the scalar to back-propagate and a dict
+  of named 0-dim tensors (kept on the device; the engine logs, averages and NaN-checks them).
+  `step` carries epoch, global iteration and totals (per-epoch schedules, EMA decay).
+* `after_step(model, step)`: work after the optimiser step (EMA update, memory-bank push).
+* `eval_net(model)`: the network evaluated, as a plain module `x (B,3,H,W) -> logits
+  (B,C,H,W)` at the input size (the evaluator's prediction core takes exactly that).
+* `state_dict()` / `load_state_dict(state)`: extra state that must survive a resume
+  (teacher weights, memory banks, counters); saved under `method_state` in checkpoints.
+
+The evaluator needs only `cpcl.methods.eval_net_from_checkpoint(C, ckpt, device)`: build the
+model, load the weights, `setup`, load `method_state`, return `eval_net(model)` in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where an iteration is: `epoch` (0-based), `iteration` (0-based, global over epochs),
+    `iters_per_epoch` and `total_iters` (nepochs * iters_per_epoch)."""
+
+    epoch: int = 0
+    iteration: int = 0
+    iters_per_epoch: int = 1
+    total_iters: int = 1
+
+    @property
+    def iter_in_epoch(self) -> int:
+        """0-based iteration inside the epoch."""
+        return self.iteration - self.epoch * self.iters_per_epoch
+
+
+class Method:
+    """Base class of a training method; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    config_keys: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def check_config(cls, C: Any) -> None:
+        """Raise `cpcl.config.ConfigError` for values this method cannot run with."""
+
+    @classmethod
+    def from_config(cls, C: Any, *, per_rank_batch: int) -> Method:
+        """Build the method from a finalized config (read what it needs, once)."""
+        raise NotImplementedError
+
+    def data_view(self) -> Any:
+        """The picklable `cpcl.data.views.DataView` this method trains on."""
+        raise NotImplementedError
+
+    def build_model(self, *, pretrained: bool = True) -> nn.Module:
+        """The trainable network(s) as one module, on the CPU; `pretrained=False` skips the
+        ImageNet backbone file (evaluation, where a checkpoint replaces every weight)."""
+        raise NotImplementedError
+
+    def build_optimizers(self, model: nn.Module) -> tuple[torch.optim.Optimizer, ...]:
+        """The optimisers of `model`, in checkpoint order."""
+        raise NotImplementedError
+
+    def set_lr(self, optimizers: Sequence[torch.optim.Optimizer], step: StepInfo) -> float:
+        """Write the learning rates of iteration `step`; return the one to log."""
+        raise NotImplementedError
+
+    def setup(self, model: nn.Module) -> None:
+        """Called once when `model` is on its device, before a resume (default: nothing)."""
+
+    def forward_loss(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        step: StepInfo,
+        aux: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forwards and losses of one iteration: `(loss, {name: 0-dim tensor})`."""
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, step: StepInfo) -> None:
+        """Work after the optimiser step (default: nothing)."""
+
+    def eval_net(self, model: nn.Module) -> nn.Module:
+        """The network to evaluate: `x (B,3,H,W) -> logits (B,C,H,W)` at the input size."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state that a resume needs besides model and optimisers (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()`; a method without extra state accepts only an empty one."""
+        if state:
+            raise CheckpointError(
+                f"method {self.name!r} keeps no extra state but the checkpoint has "
+                f"method_state keys {sorted(state)}"
+            )

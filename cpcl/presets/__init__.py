@@ -1,0 +1,1 @@
+"""Dataset presets with the official CPCL defaults (``cpcl.presets``)."""
