@@ -1,0 +1,1 @@
+"""Training methods (U2PL building blocks live in u2pl_*.py)."""
