@@ -201,20 +201,12 @@ def test_contra_golden_injected_indices(golden_dir, fname):
 def test_contra_golden_official_random_draws(golden_dir, fname):
     fx = load_golden(golden_dir, fname)
     for name, c in fx["cases"].items():
-        calls = []
-
-        def draw(high: int, size: int) -> torch.Tensor:
-            calls.append([high, size])
-            return torch.randint(high, size=(size,))
-
+        # The default draw is the official call, torch.randint on the global CPU generator
+        # (the call order itself is checked by the injected-indices test).
         torch.manual_seed(int(c["contra_seed"]))
-        _, _, _, loss, _ = _run_contra(c, draw=draw)
-        assert calls == [list(x) for x in c["randint_calls"]], name
+        _, _, _, loss, grad = _run_contra(c)
         _close(loss.detach(), c["contra_loss"], 1e-6, f"{name} contra_loss")
-        # The default draw is the same global-generator call.
-        torch.manual_seed(int(c["contra_seed"]))
-        _, _, _, loss_default, _ = _run_contra(c)
-        assert torch.equal(loss_default, loss), name
+        _close(grad, c["grad_rep_all"], 1e-4, f"{name} grad")
 
 
 def test_corrected_onehot_equals_official_for_one_image(golden_dir):

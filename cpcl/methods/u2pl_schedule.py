@@ -88,7 +88,7 @@ class TeacherSchedule:
             raise ConfigError(f"ema_decay = {self.ema_decay!r}: expected in [0, 1]")
 
     def phase(self, epoch: int) -> str:
-        """"sup_only", "alias" (the teacher-copy epoch, semi-supervised) or "ema"."""
+        """ "sup_only", "alias" (the teacher-copy epoch, semi-supervised) or "ema"."""
         if epoch < self.sup_only_epoch:
             return "sup_only"
         return "alias" if epoch == self.sup_only_epoch else "ema"
