@@ -215,7 +215,7 @@ def test_corrected_onehot_equals_official_for_one_image(golden_dir):
         assert c["label_l"].shape[0] == 1 and c["label_u_aug"].shape[0] == 1
         draw, _ = _replay(c)
         record: dict = {}
-        _, m, bank, loss, grad = _run_contra(c, draw=draw, onehot="corrected", record=record)
+        _, m, _bank, loss, grad = _run_contra(c, draw=draw, onehot="corrected", record=record)
         assert torch.equal(m["label_l_small"], c["label_l_small"]), name
         assert torch.equal(m["label_u_small"], c["label_u_small"]), name
         assert record["valid_classes"] == c["valid_classes"], name
