@@ -120,3 +120,40 @@ def test_bad_schedule_settings():
         TeacherSchedule(1, 10).decay(5)
     with pytest.raises(ConfigError, match="lr"):
         build_u2pl_optimizer(_Net(False), -0.1)
+
+
+def test_presets_match_the_official_configs(schedules, golden_dir):
+    from conftest import load_golden
+
+    from cpcl.methods.u2pl_presets import U2PL_PRESETS
+
+    names = {"pascal_1464": "voc", "cityscapes_744": "cityscapes"}
+    for name, cfg in schedules["configs"].items():
+        p = U2PL_PRESETS[names[name]]
+        assert p.epochs == cfg["epochs"] and p.sup_only_epoch == cfg["sup_only_epoch"]
+        assert p.drop_percent == cfg["drop_percent_cfg"] and p.apply_aug == cfg["apply_aug"]
+        assert p.unsup_loss_weight == cfg["unsup_loss_weight"]
+        assert p.contra.loss_weight == cfg["contra_loss_weight"]
+        assert p.contra.low_entropy_threshold == cfg["low_entropy_threshold"]
+        assert p.ema_decay == cfg["ema_decay_cfg"]
+        assert (p.lr, p.lr_head_times) == (cfg["lr_base"], cfg["lr_head_times"])
+        assert (p.momentum, p.weight_decay) == (cfg["momentum"], cfg["weight_decay"])
+        assert p.batch_size_per_gpu == cfg["batch_size_per_gpu"]
+        assert list(p.crop_size) == cfg["crop"]
+        crit = cfg["criterion"]
+        if crit["type"] == "ohem":
+            assert p.sup_loss == "ohem"
+            assert (p.ohem_thresh, p.ohem_min_kept) == (
+                crit["kwargs"]["thresh"],
+                crit["kwargs"]["min_kept"],
+            )
+        else:
+            assert p.sup_loss == "ce"
+        aux = cfg["aux_loss"]
+        assert p.aux_loss_weight == (aux["loss_weight"] if aux else 0)
+    for fname in ("u2pl_contra_voc.pt", "u2pl_contra_b1.pt", "u2pl_contra_city.pt"):
+        for c in load_golden(golden_dir, fname)["cases"].values():
+            p = U2PL_PRESETS["cityscapes" if c["cfg"] == "cityscapes" else "voc"]
+            for key, value in c["cfg_contra"].items():
+                if hasattr(p.contra, key):
+                    assert getattr(p.contra, key) == value, (fname, key)
