@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from cpcl.config import ConfigError
 from cpcl.errors import CheckpointError
+from cpcl.methods.u2pl_losses import reduce_contra_loss
 from cpcl.methods.u2pl_memory import ClassMemoryBank, official_queue_sizes
 
 
@@ -82,7 +83,18 @@ def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
         for it in range(4):
             for cls in range(3):
                 counts.append(bank.enqueue(cls, _rank_keys(rank, it, cls)))
-        torch.save({"state": bank.state_dict(), "counts": counts}, f"{out}/rank{rank}.pt")
+        # Official contrastive rank average: value = mean over ranks, gradient = local / world.
+        x = torch.tensor(2.0 + rank, requires_grad=True)
+        reduced = reduce_contra_loss(x * 3, loss_weight=0.5)
+        reduced.backward()
+        torch.save(
+            {
+                "state": bank.state_dict(),
+                "counts": counts,
+                "contra": [reduced.item(), x.grad.item()],
+            },
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -91,6 +103,8 @@ def test_banks_identical_across_two_gloo_ranks(tmp_path):
     mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["counts"] == r1["counts"]
+    for r in (r0, r1):
+        assert r["contra"] == [pytest.approx((6 + 9) / 2 * 0.5), pytest.approx(3 * 0.5 / 2)]
     assert torch.equal(r0["state"]["queue_ptr"], r1["state"]["queue_ptr"])
     # Expected: the official update on the keys of rank 0 then rank 1, single process.
     ref = ClassMemoryBank([5, 3, 50], feat_dim=4, gather=lambda k: [k])

@@ -12,6 +12,8 @@
   per used position); `draw` can inject the indices instead.
 * `U2PLSupLoss`: the supervised criterion: CE (VOC) or OHEM (Cityscapes: thresh 0.7,
   min_kept 100000, no class weights), plus `aux_weight` x the same loss on the aux head.
+* `reduce_contra_loss`: the official rank average of the contrastive loss (value averaged,
+  gradient local / world_size).
 
 Percentiles follow `numpy.percentile` (method "linear", numpy >= 2 promotion: the result has
 the dtype of the data) and are computed on the tensor's device (`np_percentile`).
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -387,6 +390,24 @@ def contra_memobank_loss(
             reco_loss_sum=reco_loss.detach(),
         )
     return reco_loss / valid_seg
+
+
+def reduce_contra_loss(loss: Tensor, loss_weight: float = 1.0) -> Tensor:
+    """The official `dist.all_reduce(contra_loss); contra_loss / world_size * loss_weight`.
+
+    The in-place all_reduce has no autograd kernel: the VALUE becomes the mean over ranks,
+    but the GRADIENT stays the local one, divided by world_size. Reproduced exactly: the
+    result's value is `mean_r(loss_r) * loss_weight` and its gradient `d loss_local *
+    loss_weight / world_size` (the gradient average across ranks then scales the contrastive
+    term by a further 1/world_size relative to the others, as in the official training).
+    Without an active process group this is `loss * loss_weight`.
+    """
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return loss * loss_weight
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return (loss + (total - loss.detach())) / world * loss_weight
 
 
 class U2PLSupLoss(nn.Module):
