@@ -25,7 +25,6 @@ order from the global generator.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,11 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import extract_state_dict, load_checkpoint, load_weights, unwrap
+from ..checkpoint import load_backbone_weights, load_checkpoint, load_weights, unwrap
 from ..errors import CheckpointError, CpclError
 from .resnet import Bottleneck, ResNet, dilated_layout
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "U2PLASPP",
@@ -250,18 +247,4 @@ def load_u2pl_imagenet(model: nn.Module, path: str | os.PathLike) -> None:
     dropped; both are logged. `model` is a `U2PLNet` (or its encoder).
     """
     target = unwrap(model)
-    encoder = getattr(target, "encoder", target)
-    sd = extract_state_dict(load_checkpoint(path), str(path))
-    fc = [k for k in sd if k.startswith("fc.")]
-    if fc:
-        log.info("%s: dropping the ImageNet classifier (%s)", path, ", ".join(fc))
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    own = encoder.state_dict()
-    counters = [k for k in own if k.endswith("num_batches_tracked") and k not in sd]
-    if counters:
-        log.info("%s: %d num_batches_tracked counters absent, kept at 0", path, len(counters))
-        sd.update({k: own[k] for k in counters})
-    try:
-        load_weights(encoder, sd, strict=True)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path} (U2PL ImageNet ResNet file): {err}") from None
+    load_backbone_weights(getattr(target, "encoder", target), path, keep_missing_counters=True)
