@@ -49,12 +49,9 @@ def test_golden_forward(golden_dir, det_weights):
             # float32 eval: 1e-5 relative to the output's scale (logits reach ~16 here).
             assert _max_rel(out[key], want) < 1e-5, (name, key, _max_rel(out[key], want))
 
-        # float64: eval outputs and the BN buffers one train-mode forward leaves behind.
+        # float64 train mode: the BN buffers one forward leaves behind (the eval_*_fp64 twins
+        # add nothing the float32 eval check misses, and cost a third of the runtime).
         net.double()
-        with torch.no_grad():
-            out64 = net(case["x"].double())
-        for key in ("pred", "rep"):
-            assert _max_rel(out64[key], case[f"eval_{key}_fp64"]) < 1e-6, (name, key)
         net.train()
         torch.manual_seed(int(case["seed"]))
         with torch.no_grad():
