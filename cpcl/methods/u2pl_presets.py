@@ -24,6 +24,22 @@ Sources: `experiments/pascal/1464/ours/config.yaml`, `experiments/cityscapes/744
 | loss weights | sup + unsup + contra, all 1 | same | `train_semi.py:524` |
 | normalisation | mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) on 0..255 RGB | same | `dataset` |
 | evaluation (`eval.py`) | whole image, scale 1.0, logits upsampled bilinear align_corners=True | sliding 769 crops, stride ceil(769*2/3), long side resized to 2048 (base_size), crop logits AVERAGED over overlaps, zero padding of the normalised image | `eval.sh` |
+
+One official iteration (`train_semi.py:272-548`) with these blocks, in order:
+
+1. `set_poly_lr(opt, base_lrs, i_iter, epochs * iters_per_epoch)` (before the step).
+2. Supervised-only epoch (`TeacherSchedule.phase(epoch) == "sup_only"`): student on image_l,
+   `U2PLSupLoss` on the upsampled `pred` (+ `aux`), then `teacher.train()` forward on image_l
+   (no_grad) only to move the teacher's BN buffers; unsup = contra = `0 * rep.sum()`.
+3. Otherwise: `TeacherSchedule.before_iteration` (aliases in the teacher-copy epoch);
+   `teacher.eval()` on image_u -> `teacher_pseudo_labels`; `strong_mix` (one numpy coin per
+   iteration); student on `cat(image_l, image_u_aug)`; sup loss on the labeled part;
+   `teacher.train()` forward on the same batch (no_grad, Dropout2d active) ->
+   `split_teacher_outputs`; `drop_percent` -> `unreliable_unsup_loss`; `contra_alpha_t` ->
+   `contrastive_masks` (feature size = `pred_all.shape[2:]`) -> `contra_memobank_loss`
+   (`label_*_small.long()`) -> `reduce_contra_loss`.
+4. `loss = sup + unsup + contra`; backward; step; `TeacherSchedule.after_step` (EMA).
+5. Validation: the student while `epoch < sup_only_epoch`, the teacher afterwards.
 """
 
 from __future__ import annotations
