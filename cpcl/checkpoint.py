@@ -215,11 +215,15 @@ def load_weights(
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": bad_shape}
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+def load_backbone_weights(
+    backbone: nn.Module, path: str | os.PathLike, *, keep_missing_counters: bool = False
+) -> None:
     """Load an ImageNet backbone file (`resnet50_v1c.pth` layout) strictly, minus `fc.*`.
 
     The official furnace ResNet has no classifier, so a classification head stored in the
     file is dropped (and logged); every other key must match by name and shape.
+    `keep_missing_counters=True` also accepts a file without the BN `num_batches_tracked`
+    counters (older torch saves): the model keeps its own values (logged).
     """
     sd = extract_state_dict(load_checkpoint(path), str(path))
     fc = [k for k in sd if k.startswith("fc.")]
@@ -227,6 +231,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         log.info("%s: dropping the ImageNet classifier (%s)", path, ", ".join(fc))
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     model_sd = backbone.state_dict()
+    if keep_missing_counters:
+        counters = [k for k in model_sd if k.endswith("num_batches_tracked") and k not in sd]
+        if counters:
+            log.info("%s: %d num_batches_tracked counters absent, kept", path, len(counters))
+            sd.update({k: model_sd[k] for k in counters})
     missing, unexpected, bad_shape, message = _mismatch_report(
         model_sd, sd, str(path), "ResNet backbone"
     )
