@@ -79,7 +79,7 @@ def _check_args(method: Method, amp: str, scaler: Any, batch: Mapping[str, Tenso
         raise CpclError("amp='fp16' needs a GradScaler (scaler=torch.amp.GradScaler(...))")
     if amp != "fp16" and scaler is not None:
         raise CpclError(f"scaler is only used with amp='fp16', got amp={amp!r}")
-    needed = getattr(method, "batch_keys", ())
+    needed = method.batch_keys
     missing = [k for k in needed if k not in batch]
     if missing:
         raise CpclError(

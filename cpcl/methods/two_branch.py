@@ -125,6 +125,11 @@ class TwoBranchMethod(Method):
         )
 
     @classmethod
+    def check_config(cls, C: Any) -> None:
+        """The evaluated network is branch 1, branch 2 or their mean (`C.eval_branch`)."""
+        check_eval_branch(C)
+
+    @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> TwoBranchMethod:
         """Read the official CPCL keys of a finalized config."""
         from ..data.cutmix import BoxMaskSettings
