@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +79,7 @@ def _check_args(method: Method, amp: str, scaler: Any, batch: Mapping[str, Tenso
         raise CpclError("amp='fp16' needs a GradScaler (scaler=torch.amp.GradScaler(...))")
     if amp != "fp16" and scaler is not None:
         raise CpclError(f"scaler is only used with amp='fp16', got amp={amp!r}")
-    needed = getattr(method, "batch_keys", ())
+    needed = method.batch_keys
     missing = [k for k in needed if k not in batch]
     if missing:
         raise CpclError(
@@ -160,7 +160,7 @@ def train_step(
     # once per iteration (the cast cache lives until the outermost region exits). For
     # CPS/CPCL the cache is first filled by the supervised forwards, in grad mode, so the
     # casts that the no-grad teachers and then the students reuse still carry gradients.
-    with _autocast(amp, batch["img"].device.type):
+    with _autocast(amp, next(iter(batch.values())).device.type):
         loss, logs = method.forward_loss(model, batch, step, aux)
     if amp == "fp16":
         scaler.scale(loss).backward()
@@ -389,16 +389,27 @@ def _prepare_model(model: nn.Module, C: Any, info: DistInfo, log: logging.Logger
     return model
 
 
-def _fit(
-    C: Any, info: DistInfo, *, root: str | None, resume: str | None, argv: list[str] | None
-) -> dict[str, Any]:
-    C, labeled, unlabeled = resolve_run_config(C, root=root)
-    log = setup_logger(C.log_dir, is_main=info.is_main)
-    if info.is_main:
-        write_run_info(C.log_dir, C, argv)
-        log.info("config values not from the dataset preset: %s", describe_sources(C, argv))
-    per_rank_batch = C.batch_size // info.world_size
-    method = get_method(C.method).from_config(C, per_rank_batch=per_rank_batch)
+@contextlib.contextmanager
+def _stop_on_signals(stop: StopFlag) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` (the loop then ends at an iteration boundary)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        for sig in previous:
+            signal.signal(sig, stop.set)
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _build(
+    C: Any, info: DistInfo, log: logging.Logger, labeled: Any, unlabeled: Any
+) -> tuple[nn.Module, Any, TrainState]:
+    """The method's model (on its device), the loader of its data view, and the loop state."""
+    method = get_method(C.method).from_config(C, per_rank_batch=C.batch_size // info.world_size)
     loader = build_train_loader(
         C,
         rank=info.rank,
@@ -407,7 +418,6 @@ def _fit(
         unlabeled=unlabeled,
         view=method.data_view(),
     )
-
     random.seed(C.seed)
     np.random.seed(C.seed)
     torch.manual_seed(C.seed)
@@ -427,13 +437,54 @@ def _fit(
         scalars=Scalars(C.log_dir if info.is_main else None),
         is_main=info.is_main,
     )
+    return model, loader, state
+
+
+def _save(
+    C: Any,
+    model: nn.Module,
+    state: TrainState,
+    name: str,
+    *,
+    epoch: int,
+    next_epoch: int,
+    next_iter: int,
+    rng: list[Any],
+) -> str:
+    """Write snapshot `name` into `C.snapshot_dir`; return its path."""
+    path = os.path.join(C.snapshot_dir, name)
+    save_training_state(
+        path,
+        model,
+        state.optimizers,
+        epoch=epoch,
+        next_epoch=next_epoch,
+        next_iter=next_iter,
+        iters_per_epoch=C.niters_per_epoch,
+        rng=rng,
+        scaler=state.scaler,
+        method_state=state.method.state_dict(),
+        config=to_plain(C),
+        version=__version__,
+    )
+    return path
+
+
+def _fit(
+    C: Any, info: DistInfo, *, root: str | None, resume: str | None, argv: list[str] | None
+) -> dict[str, Any]:
+    C, labeled, unlabeled = resolve_run_config(C, root=root)
+    log = setup_logger(C.log_dir, is_main=info.is_main)
+    if info.is_main:
+        write_run_info(C.log_dir, C, argv)
+        log.info("config values not from the dataset preset: %s", describe_sources(C, argv))
+    model, loader, state = _build(C, info, log, labeled, unlabeled)
     start_epoch, start_iter = (0, 0)
     if resume:
         start_epoch, start_iter, method_state = load_training_state(
-            resume, model, optimizers, rank=info.rank, scaler=state.scaler, config=C, log=log
+            resume, model, state.optimizers, rank=info.rank, scaler=state.scaler, config=C, log=log
         )
-        method.load_state_dict(method_state)
-    run_model = torch.compile(model) if C.compile else model
+        state.method.load_state_dict(method_state)
     log.info(
         "training %s %s on %s x%d: %d labeled / %d unlabeled images, batch %d, %d epochs x %d iterations",
         C.method,
@@ -446,92 +497,91 @@ def _fit(
         C.nepochs,
         C.niters_per_epoch,
     )
-
-    def save(name: str, *, epoch: int, next_epoch: int, next_iter: int, rng: list) -> str:
-        path = os.path.join(C.snapshot_dir, name)
-        save_training_state(
-            path,
-            model,
-            optimizers,
-            epoch=epoch,
-            next_epoch=next_epoch,
-            next_iter=next_iter,
-            iters_per_epoch=C.niters_per_epoch,
-            rng=rng,
-            scaler=state.scaler,
-            method_state=method.state_dict(),
-            config=to_plain(C),
-            version=__version__,
-        )
-        return path
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        for sig in previous:
-            signal.signal(sig, state.stop.set)
-    summary: dict[str, Any] = {"epochs": [], "interrupted": False}
     try:
-        for epoch in range(start_epoch, C.nepochs):
-            means, done = train_one_epoch(
-                run_model, loader, state, epoch=epoch, start_iter=start_iter
-            )
-            start_iter = 0
-            rng = state.stop.gather_objects(rng_state())
-            if done < len(loader):
-                if info.is_main:
-                    path = save(
-                        "interrupted.pth",
-                        epoch=epoch - 1,
-                        next_epoch=epoch,
-                        next_iter=done,
-                        rng=rng,
-                    )
-                    log.info(
-                        "stop requested: wrote %s (epoch %d, iteration %d); resume with -c",
-                        path,
-                        epoch + 1,
-                        done,
-                    )
-                summary["interrupted"] = True
-                break
-            log.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                C.nepochs,
-                " ".join(f"{k}={v:.4f}" for k, v in means.items()),
-            )
-            summary["epochs"].append(means)
-            if info.is_main:
-                names = ["epoch-last.pth"]
-                if snapshot_due(epoch, C.nepochs, C.snapshot_iter):
-                    names.append(f"epoch-{epoch}.pth")
-                for name in names:
-                    save(name, epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng)
-            if C.eval_every and (epoch + 1) % C.eval_every == 0:
-                summary["last_eval"] = _evaluate_during_training(
-                    method.eval_net(model), C, info, state, epoch, log
-                )
-            if epoch + 1 < C.nepochs and state.stop.should_stop():
-                # The request came during the epoch's last iteration: stop at the boundary.
-                if info.is_main:
-                    path = save(
-                        "interrupted.pth", epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng
-                    )
-                    log.info(
-                        "stop requested: wrote %s (end of epoch %d); resume with -c",
-                        path,
-                        epoch + 1,
-                    )
-                summary["interrupted"] = True
-                break
+        with _stop_on_signals(state.stop):
+            summary = _run_epochs(C, info, log, model, loader, state, start_epoch, start_iter)
     finally:
-        if in_main_thread:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         state.scalars.close()
     summary["snapshot_dir"] = C.snapshot_dir
     summary["log_dir"] = C.log_dir
+    return summary
+
+
+def _run_epochs(
+    C: Any,
+    info: DistInfo,
+    log: logging.Logger,
+    model: nn.Module,
+    loader: Any,
+    state: TrainState,
+    start_epoch: int,
+    start_iter: int,
+) -> dict[str, Any]:
+    """The epochs from `start_epoch` (inside it from `start_iter`): train, log, snapshot,
+    evaluate, and stop with `interrupted.pth` when a signal came."""
+    run_model = torch.compile(model) if C.compile else model
+    summary: dict[str, Any] = {"epochs": [], "interrupted": False}
+    for epoch in range(start_epoch, C.nepochs):
+        means, done = train_one_epoch(run_model, loader, state, epoch=epoch, start_iter=start_iter)
+        start_iter = 0
+        rng = state.stop.gather_objects(rng_state())
+        if done < len(loader):
+            if info.is_main:
+                path = _save(
+                    C,
+                    model,
+                    state,
+                    "interrupted.pth",
+                    epoch=epoch - 1,
+                    next_epoch=epoch,
+                    next_iter=done,
+                    rng=rng,
+                )
+                log.info(
+                    "stop requested: wrote %s (epoch %d, iteration %d); resume with -c",
+                    path,
+                    epoch + 1,
+                    done,
+                )
+            summary["interrupted"] = True
+            break
+        log.info(
+            "epoch %d/%d: %s",
+            epoch + 1,
+            C.nepochs,
+            " ".join(f"{k}={v:.4f}" for k, v in means.items()),
+        )
+        summary["epochs"].append(means)
+        if info.is_main:
+            names = ["epoch-last.pth"]
+            if snapshot_due(epoch, C.nepochs, C.snapshot_iter):
+                names.append(f"epoch-{epoch}.pth")
+            for name in names:
+                _save(
+                    C, model, state, name, epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng
+                )
+        if C.eval_every and (epoch + 1) % C.eval_every == 0:
+            summary["last_eval"] = _evaluate_during_training(
+                state.method.eval_net(model), C, info, state, epoch, log
+            )
+        if epoch + 1 < C.nepochs and state.stop.should_stop():
+            # The request came during the epoch's last iteration: stop at the boundary.
+            if info.is_main:
+                path = _save(
+                    C,
+                    model,
+                    state,
+                    "interrupted.pth",
+                    epoch=epoch,
+                    next_epoch=epoch + 1,
+                    next_iter=0,
+                    rng=rng,
+                )
+                log.info(
+                    "stop requested: wrote %s (end of epoch %d); resume with -c", path, epoch + 1
+                )
+            summary["interrupted"] = True
+            break
     return summary
 
 

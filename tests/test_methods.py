@@ -137,3 +137,5 @@ def test_eval_net_from_an_old_style_checkpoint(branch):
     assert got.shape == (1, 4, 16, 16)
     assert torch.equal(got, want)
     assert isinstance(net, BranchMean) == (branch == "avg")
+    # The evaluator picks `.branch1` of a two-branch model: the mean must not offer one.
+    assert not hasattr(net, "branch1")

@@ -86,6 +86,8 @@ class Method:
     name: ClassVar[str] = ""
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     config_keys: ClassVar[Mapping[str, Any]] = {}
+    # Batch keys `forward_loss` reads; `train_step` names the missing ones in its error.
+    batch_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def check_config(cls, C: Any) -> None:

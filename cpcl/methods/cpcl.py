@@ -9,7 +9,6 @@ Loss: `sup_1 + sup_2 + unsup_weight * (loss_inter + loss_union)`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from ..losses import at_least_float32
 from .base import StepInfo
-from .two_branch import TwoBranchMethod, check_eval_branch, check_logits
+from .two_branch import TwoBranchMethod, check_logits
 
 
 def _dist_active() -> bool:
@@ -129,11 +128,6 @@ class CPCL(TwoBranchMethod):
     """The official CPCL method (the dataset presets hold its official settings)."""
 
     name = "cpcl"
-
-    @classmethod
-    def check_config(cls, C: Any) -> None:
-        """CPCL evaluates one of its two branches or their mean."""
-        check_eval_branch(C)
 
     def forward_loss(
         self,

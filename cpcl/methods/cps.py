@@ -8,7 +8,6 @@ CPCL settings (the CPCL paper's baseline comparison), so `defaults` is empty.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from ..losses import at_least_float32
 from .base import StepInfo
-from .two_branch import TwoBranchMethod, check_eval_branch, check_logits
+from .two_branch import TwoBranchMethod, check_logits
 
 
 def cps_loss(t1: Tensor, t2: Tensor, s1: Tensor, s2: Tensor, *, ignore_index: int = 255) -> Tensor:
@@ -38,11 +37,6 @@ class CPS(TwoBranchMethod):
     """Cross pseudo supervision between the two branches."""
 
     name = "cps"
-
-    @classmethod
-    def check_config(cls, C: Any) -> None:
-        """CPS evaluates one of its two branches or their mean."""
-        check_eval_branch(C)
 
     def forward_loss(
         self,

@@ -6,12 +6,11 @@ The data view reads no unlabeled image. Loss: `sup_1 + sup_2`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from torch import Tensor, nn
 
 from .base import StepInfo
-from .two_branch import TwoBranchMethod, check_eval_branch
+from .two_branch import TwoBranchMethod
 
 
 class Sup(TwoBranchMethod):
@@ -20,11 +19,6 @@ class Sup(TwoBranchMethod):
     name = "sup"
     uses_unlabeled = False
     batch_keys = ("img", "gt")
-
-    @classmethod
-    def check_config(cls, C: Any) -> None:
-        """sup evaluates one of its two branches or their mean."""
-        check_eval_branch(C)
 
     def forward_loss(
         self,

@@ -58,15 +58,19 @@ class OptimSettings:
 
 
 class BranchMean(nn.Module):
-    """Mean of the two branches' logits (eval "avg"), summed in at least float32."""
+    """Mean of the two branches' logits (eval "avg"), summed in at least float32.
+
+    The branches sit in `nets` (not `branch1`/`branch2`), so code that picks `.branch1` of a
+    two-branch model treats this module as the plain segmenter it is.
+    """
 
     def __init__(self, branch1: nn.Module, branch2: nn.Module) -> None:
         super().__init__()
-        self.branch1, self.branch2 = branch1, branch2
+        self.nets = nn.ModuleList([branch1, branch2])
 
     def forward(self, x: Tensor) -> Tensor:
         """`(branch1(x) + branch2(x)) / 2`."""
-        a, b = self.branch1(x), self.branch2(x)
+        a, b = (net(x) for net in self.nets)
         dtype = torch.promote_types(a.dtype, torch.float32)
         return (a.to(dtype) + b.to(dtype)) / 2
 
@@ -123,6 +127,11 @@ class TwoBranchMethod(Method):
             if optim is not None
             else None
         )
+
+    @classmethod
+    def check_config(cls, C: Any) -> None:
+        """The evaluated network is branch 1, branch 2 or their mean (`C.eval_branch`)."""
+        check_eval_branch(C)
 
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> TwoBranchMethod:
