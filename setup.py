@@ -22,7 +22,7 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cpcl", "cpcl.models", "cpcl.data", "cpcl.presets"],
+    packages=["cpcl", "cpcl.evaluate", "cpcl.models", "cpcl.data", "cpcl.presets"],
     package_dir={"cpcl.presets": "config"},
     install_requires=requirements,
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
