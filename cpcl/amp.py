@@ -44,19 +44,20 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 def bf16_supported(
     device: torch.device | str,
     *,
-    flags: Callable[[], frozenset[str]] = cpu_flags,
+    flags: Callable[[], frozenset[str]] | None = None,
 ) -> bool:
     """Whether `device` computes bf16 natively (not emulated).
 
-    CPU: Linux x86 with one of `BF16_CPU_FLAGS` in `flags()` (other platforms: False, since the
-    flags cannot be read there). CUDA: `torch.cuda.is_bf16_supported()`. Other devices: True
-    (their backends reject what they cannot run). `flags` is injectable for tests.
+    CPU: Linux x86 with one of `BF16_CPU_FLAGS` in `flags()` (default `cpu_flags`; other platforms:
+    False, since the flags cannot be read there). CUDA: `torch.cuda.is_bf16_supported()`. Other
+    devices: True (their backends reject what they cannot run).
     """
     device = torch.device(device)
     if device.type == "cpu":
         if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
             return False
-        return any(flag in flags() for flag in BF16_CPU_FLAGS)
+        have = (flags or cpu_flags)()
+        return any(flag in have for flag in BF16_CPU_FLAGS)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return True
@@ -66,17 +67,17 @@ def check_amp(
     amp: str,
     device: torch.device | str,
     *,
-    supported: Callable[[torch.device | str], bool] = bf16_supported,
+    supported: Callable[[torch.device | str], bool] | None = None,
 ) -> torch.dtype | None:
     """The autocast dtype of `amp` ("none" | "bf16" | "fp16"), or AmpError if unusable on `device`.
 
-    Refuses bf16 where `supported(device)` is False (emulated bf16 is far slower than float32).
+    Refuses bf16 where `supported(device)` (default `bf16_supported`) is False (emulated bf16 is far slower than float32).
     Call it once at start-up, before any forward.
     """
     if amp not in AMP_MODES:
         raise AmpError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)}")
     device = torch.device(device)
-    if amp == "bf16" and not supported(device):
+    if amp == "bf16" and not (supported or bf16_supported)(device):
         raise AmpError(
             f"amp=bf16 on {device}: this device has no native bf16 (CPU flags avx512_bf16/amx_bf16 "
             "or a bf16-capable GPU); emulated bf16 is ~100x slower than float32, use --amp=none"

@@ -154,14 +154,15 @@ def evaluate_dataset(
     model.eval()
     count = 0
     try:
-        for i in iterator:
-            img, label, name = dataset.load(i)
-            pred = predictor(net, img).argmax(0)
-            if label is not None:
-                hist += confusion_matrix(pred, label, n)
-            if exports is not None:
-                exports.write(pred.to(torch.uint8).cpu().numpy(), name, img, label)
-            count += 1
+        with predictor.prepared(net):
+            for i in iterator:
+                img, label, name = dataset.load(i)
+                pred = predictor.predict(net, img).argmax(0)
+                if label is not None:
+                    hist += confusion_matrix(pred, label, n)
+                if exports is not None:
+                    exports.write(pred.to(torch.uint8).cpu().numpy(), name, img, label)
+                count += 1
     finally:
         model.train(was_training)
     hist = all_reduce_hist(hist)

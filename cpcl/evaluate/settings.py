@@ -29,6 +29,11 @@ class EvalSettings:
     network inputs per forward, 0 = sized to the device (a window and its mirror always share
     a forward). amp: "none" | "bf16" | "fp16" autocast. resize: "auto" (cv2 on CPU, torch
     elsewhere), "cv2" (official, CPU only) or "torch" (same formula on the device).
+    channels_last: run the network on channels-last tensors, None = on a CPU (oneDNN's
+    convolutions are faster there). The default False keeps the official NCHW layout, whose
+    sums match the official ones to ~7e-7 relative; channels-last changes the convolutions'
+    float rounding (up to ~2e-6 relative on eval_sliding.pt, labels equal). `from_config`
+    (the eval CLI and the training loop) picks None.
     """
 
     num_classes: int
@@ -41,6 +46,7 @@ class EvalSettings:
     window_batch: int = 0
     amp: str = "none"
     resize: str = "auto"
+    channels_last: bool | None = False
 
     def __post_init__(self) -> None:
         # Normalise the loose forms (int crop, lists) so equal settings compare equal.
@@ -82,6 +88,7 @@ class EvalSettings:
             std=tuple(C.image_std),
             window_batch=C.eval_window_batch,
             amp=C.amp,
+            channels_last=None,
         )
 
     @classmethod
