@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import test_evaluate
 import torch
 from conftest import load_golden
 from easydict import EasyDict
@@ -22,26 +23,17 @@ from cpcl.evaluate import (
     select_branch,
     sliding_predict,
 )
-from cpcl.models import Network
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# The module's fixtures: a small two-branch ResNet-18 and the det-weight ResNet-50.
+small_model = test_evaluate.small_model
+det_model = test_evaluate.det_model
 
 
 def _settings(**kw) -> EvalSettings:
     base = dict(num_classes=5, crop_size=48, stride_rate=2 / 3, scales=(1.0,), flip=False)
     return EvalSettings(**{**base, "mean": MEAN, "std": STD, **kw})
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    torch.manual_seed(0)
-    model = Network(5, backbone="resnet18")
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _image(h, w, seed=0):
@@ -221,14 +213,6 @@ def test_evaluate_dataset_settings_object_equals_keyword_form(small_model, tmp_p
 
 
 # ------------------------------------------------------------------ golden: the fast layout
-
-
-@pytest.fixture(scope="module")
-def det_model(golden_dir, det_weights):
-    model = Network(21, backbone="resnet50")
-    sd = det_weights.det_state_dict(det_weights.load_keys(str(golden_dir / "keys_voc_r50.json")))
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
 
 
 def test_golden_channels_last(det_model, golden_dir):
