@@ -6,7 +6,7 @@ could shadow `exp_*/config.py`).
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 requirements = [
@@ -22,7 +22,7 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cpcl", "cpcl.data", "cpcl.methods", "cpcl.models", "cpcl.presets"],
+    packages=find_packages(include=["cpcl", "cpcl.*"]),
     install_requires=requirements,
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     license="MIT",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import __version__
+from .amp import check_amp
 from .config import apply_overrides, describe_sources, finalize, to_plain
 from .data.datasets import build_dataset
 from .data.loaders import build_train_loader
@@ -409,6 +411,7 @@ def _build(
     C: Any, info: DistInfo, log: logging.Logger, labeled: Any, unlabeled: Any
 ) -> tuple[nn.Module, Any, TrainState]:
     """The method's model (on its device), the loader of its data view, and the loop state."""
+    check_amp(C.amp, info.device)  # bf16 without native support: refused before any work
     method = get_method(C.method).from_config(C, per_rank_batch=C.batch_size // info.world_size)
     loader = build_train_loader(
         C,
@@ -604,18 +607,21 @@ def resolve_run_config(C: Any, *, root: str | None) -> tuple[Any, Any, Any]:
 def _evaluate_during_training(
     net: nn.Module, C: Any, info: DistInfo, state: TrainState, epoch: int, log: logging.Logger
 ) -> dict[str, Any]:
-    """Evaluate the method's `eval_net` on the val split (a plain segmenter: branch "1")."""
-    from .evaluate import eval_settings, evaluate_dataset  # late: optional during training
+    """Evaluate the method's `eval_net` (a plain segmenter) on the val split."""
+    from .evaluate import EvalSettings, evaluate_dataset  # late: optional during training
 
-    settings = {**eval_settings(C), "branch": "1"}
+    # The official memory layout: channels-last would convert the LIVE weights in place for the
+    # evaluation (and back), which is not worth the risk for storage shared with a teacher or a
+    # DDP reducer; the eval CLI, which owns its model, uses it.
+    settings = dataclasses.replace(EvalSettings.from_config(C), channels_last=False)
     result = evaluate_dataset(
         net,
         build_dataset(C, "val"),
+        settings,
         device=info.device,
         rank=info.rank,
         world_size=info.world_size,
         progress=info.is_main,
-        **settings,
     )
     log.info("epoch %d: val mIoU %.2f%%", epoch + 1, 100 * result["miou"])
     if state.scalars is not None:

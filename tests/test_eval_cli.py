@@ -207,7 +207,7 @@ def test_main_errors(voc_tree, snapshot, tmp_path, capsys):
 def test_device_from_config_and_sharded_processes(voc_tree, snapshot, tmp_path, capsys):
     import argparse
 
-    from cpcl.evaluate import _evaluate_checkpoint
+    from cpcl.evaluate.cli import _evaluate_checkpoint
 
     if not torch.cuda.is_available():
         argv = [a for a in _argv(voc_tree, snapshot, tmp_path / "log") if a not in ("-d", "cpu")]

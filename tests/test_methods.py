@@ -12,9 +12,9 @@ from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, 
 from cpcl.data.loaders import build_train_loader
 from cpcl.engine import train_step
 from cpcl.errors import CpclError
+from cpcl.evaluate import BranchMean
 from cpcl.methods import eval_net_from_checkpoint, get_method, method_names
 from cpcl.methods.base import StepInfo
-from cpcl.methods.two_branch import BranchMean
 
 
 def _small_config(method: str = "cpcl", **kw):

@@ -57,24 +57,6 @@ class OptimSettings:
     warmup_iters: int = 0
 
 
-class BranchMean(nn.Module):
-    """Mean of the two branches' logits (eval "avg"), summed in at least float32.
-
-    The branches sit in `nets` (not `branch1`/`branch2`), so code that picks `.branch1` of a
-    two-branch model treats this module as the plain segmenter it is.
-    """
-
-    def __init__(self, branch1: nn.Module, branch2: nn.Module) -> None:
-        super().__init__()
-        self.nets = nn.ModuleList([branch1, branch2])
-
-    def forward(self, x: Tensor) -> Tensor:
-        """`(branch1(x) + branch2(x)) / 2`."""
-        a, b = (net(x) for net in self.nets)
-        dtype = torch.promote_types(a.dtype, torch.float32)
-        return (a.to(dtype) + b.to(dtype)) / 2
-
-
 def teacher_logits(
     model: nn.Module, u0: Tensor, u1: Tensor, step: int, fused: bool
 ) -> tuple[Tensor, Tensor]:
@@ -192,14 +174,9 @@ class TwoBranchMethod(Method):
 
     def eval_net(self, model: nn.Module) -> nn.Module:
         """Branch 1 (official), branch 2 or their mean, per `C.eval_branch`."""
-        from ..checkpoint import unwrap  # DDP / torch.compile wrappers hide the branches
+        from ..evaluate.branch import select_branch  # late: the evaluator is not needed to train
 
-        model = unwrap(model)
-        if self.eval_branch == "1":
-            return model.branch1
-        if self.eval_branch == "2":
-            return model.branch2
-        return BranchMean(model.branch1, model.branch2)
+        return select_branch(model, self.eval_branch)
 
     def supervised(
         self, model: nn.Module, batch: Mapping[str, Tensor], aux: dict[str, Tensor] | None

@@ -69,7 +69,7 @@ def defaults() -> EasyDict:
     C.eval_crop_size = None  # None: the training crop (official)
     C.eval_branch = "1"  # 1 (official) | 2 | avg
     C.eval_every = 0  # evaluate every K epochs during training (0: off, official)
-    C.eval_window_batch = 8
+    C.eval_window_batch = 0  # network inputs per forward; 0: sized to the device (auto)
 
     # --- snapshots and display ---
     C.snapshot_iter = 2

@@ -1,0 +1,43 @@
+"""Evaluation with the official CPCL sliding-window protocol.
+
+* `predict`: the sliding-window prediction of one image (`SlidingPredictor`, `sliding_predict`)
+  for any segmenter ``x -> logits (B, C, H, W)``;
+* `branch`: `select_branch`, the segmenter of a two-branch CPCL/CPS model that is evaluated;
+* `settings`: `EvalSettings`, the protocol as one frozen object (`EvalSettings.from_config`);
+* `dataset`: `evaluate_dataset` (confusion matrix over a dataset and ranks) and the exports;
+* `cli`: the `exp_*/eval.py` command line (`main`) and `evaluate_snapshot`.
+"""
+
+from .branch import BRANCHES, BranchMean, select_branch
+from .cli import evaluate_snapshot, main, parse_devices, resolve_checkpoints
+from .dataset import Exports, evaluate_dataset, save_prediction
+from .predict import (
+    SlidingPredictor,
+    auto_window_batch,
+    normalisation_lut,
+    sliding_predict,
+    window_grid,
+    window_starts,
+)
+from .settings import EvalSettings, eval_settings
+
+__all__ = [
+    "BRANCHES",
+    "BranchMean",
+    "EvalSettings",
+    "Exports",
+    "SlidingPredictor",
+    "auto_window_batch",
+    "eval_settings",
+    "evaluate_dataset",
+    "evaluate_snapshot",
+    "main",
+    "normalisation_lut",
+    "parse_devices",
+    "resolve_checkpoints",
+    "save_prediction",
+    "select_branch",
+    "sliding_predict",
+    "window_grid",
+    "window_starts",
+]

@@ -1,0 +1,381 @@
+"""The eval command line (`exp_*/eval.py`): -e checkpoint specs, -d devices, exports, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, CpclError
+from ..metrics import format_iou_table, scores
+from .dataset import Exports, evaluate_dataset
+from .settings import EvalSettings
+
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pth$")
+_RANGE = re.compile(r"^(\d+)-(\d*)$")
+
+
+def resolve_checkpoints(
+    spec: str, snapshot_dir: str | os.PathLike
+) -> list[tuple[Path, int | None]]:
+    """The checkpoints an official ``-e`` spec names, as (path, epoch or None), sorted by epoch.
+
+    ``X.pth``: that file. ``N`` or ``last``: ``<snapshot_dir>/epoch-N.pth``. ``A-B``: every
+    ``epoch-K.pth`` with A <= K <= B; ``A-``: every one with K >= A (``epoch-last.pth`` is never
+    part of a range, as in the official code). Raises CpclError naming what was looked for
+    when the folder or file is missing or nothing matches (the official code would silently
+    evaluate an untrained network).
+    """
+    spec = spec.strip()
+    snap = Path(snapshot_dir)
+    if spec.endswith(".pth"):
+        path = Path(spec)
+        if not path.is_file():
+            raise CpclError(f"-e {spec}: checkpoint file not found: {path.resolve()}")
+        m = _EPOCH_FILE.match(path.name)
+        return [(path, int(m.group(1)) if m else None)]
+    rng = _RANGE.match(spec)
+    if not (rng or spec.isdigit() or spec == "last"):
+        raise CpclError(
+            f"-e {spec}: expected X.pth (a file), N (epoch N), A-B (epochs A..B), A- (epochs "
+            f">= A) or last"
+        )
+    if not snap.is_dir():
+        raise CpclError(
+            f"-e {spec}: snapshot folder not found: {snap} (set --snapshot_dir=... or train first)"
+        )
+    if not rng:
+        path = snap / f"epoch-{spec}.pth"
+        if not path.is_file():
+            have = sorted(p.name for p in snap.glob("epoch-*.pth"))
+            raise CpclError(
+                f"-e {spec}: {path} not found (snapshot folder holds: "
+                f"{', '.join(have) if have else 'no epoch-*.pth files'})"
+            )
+        return [(path, int(spec) if spec.isdigit() else None)]
+    start = int(rng.group(1))
+    end = int(rng.group(2)) if rng.group(2) else None
+    if end is not None and end < start:
+        raise CpclError(f"-e {spec}: the range end {end} is below its start {start}")
+    found = []
+    for p in snap.iterdir():
+        m = _EPOCH_FILE.match(p.name)
+        if m and p.is_file():
+            k = int(m.group(1))
+            if k >= start and (end is None or k <= end):
+                found.append((k, p))
+    if not found:
+        wanted = f"{start} <= K <= {end}" if end is not None else f"K >= {start}"
+        raise CpclError(f"-e {spec}: no epoch-K.pth with {wanted} in {snap}")
+    return [(p, k) for k, p in sorted(found)]
+
+
+def parse_devices(text: str | None) -> list[torch.device]:
+    """``-d`` value -> devices: ``cpu``, ``0``, ``0,1``, ``cuda:1``; None: GPU 0 if any, else CPU."""
+    if text is None:
+        return [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["cpu"]:
+        return [torch.device("cpu")]
+    devices = []
+    for item in items:
+        idx = item.removeprefix("cuda:")
+        if not idx.isdigit():
+            raise CpclError(f"-d {text}: expected cpu, or GPU indices such as 0 or 0,1")
+        devices.append(torch.device(f"cuda:{int(idx)}"))
+    if not devices:
+        raise CpclError(f"-d {text!r}: no device given")
+    if not torch.cuda.is_available():
+        raise CpclError(f"-d {text}: CUDA is not available on this machine; use -d cpu")
+    n = torch.cuda.device_count()
+    bad = [d.index for d in devices if d.index >= n]
+    if bad:
+        raise CpclError(f"-d {text}: GPU {bad[0]} requested but only {n} visible")
+    if len(set(devices)) != len(devices):
+        raise CpclError(f"-d {text}: a device is listed twice")
+    return devices
+
+
+def _load_eval_net(
+    C: Any, path: Path, device: torch.device | str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The network `C.method` evaluates (its `eval_net`), with the snapshot at `path` loaded
+    strictly, on `device`; plus the checkpoint dict (for its epoch)."""
+    from ..checkpoint import extract_state_dict, load_checkpoint
+    from ..methods import eval_net_from_checkpoint  # late: keeps `import cpcl.evaluate` light
+
+    ckpt = load_checkpoint(path)
+    sd = extract_state_dict(ckpt, str(path))
+    cls = sd.get("branch1.classifier.weight")
+    if torch.is_tensor(cls) and cls.shape[0] != C.num_classes:
+        raise CheckpointError(
+            f"{path}: the checkpoint has {cls.shape[0]} classes, but C.num_classes is "
+            f"{C.num_classes}; evaluate it with the matching experiment (or --num_classes="
+            f"{cls.shape[0]})"
+        )
+    return eval_net_from_checkpoint(C, ckpt, device), ckpt
+
+
+def evaluate_snapshot(
+    C: Any,
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str,
+    save_dir: str | None = None,
+    palette: np.ndarray | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the snapshot at `path` strictly into `C.method`'s network and evaluate the network
+    the method evaluates (`eval_net`) on `C`'s val split."""
+    from ..data.datasets import build_dataset
+
+    net, _ = _load_eval_net(C, Path(path), device)
+    return evaluate_dataset(
+        net,
+        build_dataset(C, "val"),
+        EvalSettings.from_config(C),
+        device=device,
+        exports=Exports(save_dir, palette) if save_dir is not None else None,
+        progress=progress,
+    )
+
+
+def _exports(C: Any, args: argparse.Namespace) -> Exports | None:
+    """The exports that -p / -s / --labelids ask for (None: nothing is written)."""
+    from ..data.datasets import CITYSCAPES_EVAL_IDS, palette_for
+
+    if args.save_path is None:
+        return None
+    labelids = None
+    if args.labelids:
+        # trainId -> Cityscapes labelId (the inverse of the dataset's 34 -> 19 table).
+        labelids = np.zeros(256, dtype=np.uint8)
+        labelids[: len(CITYSCAPES_EVAL_IDS)] = CITYSCAPES_EVAL_IDS
+    return Exports(args.save_path, palette_for(C.dataset_name), labelids, bool(args.show_image))
+
+
+def _shard_worker(
+    rank: int,
+    world: int,
+    device: str,
+    C: dict[str, Any],
+    path: str,
+    exports: Exports | None,
+    queue: Any,
+) -> None:
+    """One process of a multi-GPU evaluation: its shard's hist (or an error) into `queue`."""
+    from easydict import EasyDict
+
+    from ..data.datasets import build_dataset
+
+    try:
+        cfg = EasyDict(C)
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        net, _ = _load_eval_net(cfg, Path(path), dev)
+        res = evaluate_dataset(
+            net,
+            build_dataset(cfg, "val"),
+            EvalSettings.from_config(cfg),
+            device=dev,
+            rank=rank,
+            world_size=world,
+            exports=exports,
+            progress=rank == 0,
+        )
+        queue.put((rank, "ok", res["hist"].numpy()))
+    except CpclError as err:
+        queue.put((rank, "error", str(err)))
+    except Exception as err:  # surface the worker's failure in the parent
+        queue.put((rank, "error", f"{type(err).__name__}: {err} (on {device})"))
+
+
+def _evaluate_checkpoint(
+    C: Any,
+    dataset: Any,
+    path: Path,
+    devices: list[torch.device],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    exports = _exports(C, args)
+    if len(devices) == 1:
+        net, ckpt = _load_eval_net(C, path, devices[0])
+        res = evaluate_dataset(
+            net,
+            dataset,
+            EvalSettings.from_config(C),
+            device=devices[0],
+            exports=exports,
+            progress=True,
+        )
+        return res, ckpt
+    # Several GPUs: one process per device, each a strided shard; the hists are summed here.
+    from ..checkpoint import load_checkpoint
+    from ..config import to_plain
+
+    ckpt = load_checkpoint(path)
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    procs = [
+        ctx.Process(
+            target=_shard_worker,
+            args=(r, len(devices), str(d), to_plain(C), str(path), exports, queue),
+        )
+        for r, d in enumerate(devices)
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [msg for _, status, msg in results if status != "ok"]
+    if errors:
+        raise CpclError(errors[0])
+    hist = torch.from_numpy(sum(h for _, _, h in results))
+    res = scores(hist)
+    res["hist"] = hist
+    res["num_images"] = len(dataset)
+    return res, ckpt
+
+
+def _json_number(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Evaluate CPCL snapshots with the official sliding-window protocol. Any "
+        "other --key=value overrides the config (e.g. --eval_scale_array=0.75,1,1.25 "
+        "--eval_flip=true --eval_branch=avg).",
+    )
+    p.add_argument(
+        "-e",
+        "--epochs",
+        default="last",
+        help="X.pth (a file), N (<snapshot_dir>/epoch-N.pth), A-B, A- or last (default)",
+    )
+    p.add_argument(
+        "-d", "--devices", default=None, help="cpu, 0, 0,1 (default: C.device; auto = GPU 0 or CPU)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the resolved settings")
+    p.add_argument(
+        "-s",
+        "--show_image",
+        "--save_image",
+        dest="show_image",
+        action="store_true",
+        help="also save image | prediction | label side by side (in <save_path>_show)",
+    )
+    p.add_argument(
+        "-p",
+        "--save_path",
+        default=None,
+        help="save predictions: PATH (class ids), PATH_color (palette); default with -s or "
+        "--labelids: <log_dir>/pred_imgs",
+    )
+    p.add_argument(
+        "--labelids",
+        action="store_true",
+        help="Cityscapes: also save label-id PNGs (PATH_labelids) for the official scripts",
+    )
+    return p
+
+
+def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int:
+    from ..config import apply_overrides, finalize
+    from ..data.datasets import build_dataset, resolve_class_names
+
+    args, rest = _parser(prog).parse_known_args(list(argv))
+    C = finalize(apply_overrides(C, rest), root=root)
+    if args.labelids and C.dataset_name != "cityscapes":
+        raise CpclError(f"--labelids: only for Cityscapes (dataset_name is {C.dataset_name!r})")
+    if args.save_path is None and (args.show_image or args.labelids):
+        args.save_path = os.path.join(C.log_dir, "pred_imgs")
+    if args.devices is None:
+        # No -d: C.device decides (auto: GPU 0 when available, else the CPU).
+        choice = C.get("device", "auto")
+        devices = parse_devices(None if choice == "auto" else ("0" if choice == "cuda" else "cpu"))
+    else:
+        devices = parse_devices(args.devices)
+    checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
+    dataset = build_dataset(C, "val")
+    names = resolve_class_names(C.dataset_name, C.num_classes, C.class_names)
+    if args.verbose:
+        print(
+            f"dataset {C.dataset_path} ({len(dataset)} val images), devices "
+            f"{', '.join(map(str, devices))}, crop {C.eval_crop_size}, stride_rate "
+            f"{C.eval_stride_rate}, scales {tuple(C.eval_scale_array)}, flip {C.eval_flip}, "
+            f"branch {C.eval_branch}, checkpoints: {', '.join(str(p) for p, _ in checkpoints)}",
+            file=sys.stderr,
+        )
+    os.makedirs(C.log_dir, exist_ok=True)
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.localtime())
+    log_file = os.path.join(C.log_dir, f"val_{stamp}.log")
+    last_file = os.path.join(C.log_dir, "val_last.log")
+    writer = None
+    try:
+        for path, epoch in checkpoints:
+            start = time.perf_counter()
+            res, ckpt = _evaluate_checkpoint(C, dataset, path, devices, args)
+            if epoch is None:
+                stored = ckpt.get("epoch")
+                epoch = int(stored) if isinstance(stored, (int, float)) else None
+            table = format_iou_table(res["iou"], res["pixel_acc"], names, show_no_back=True)
+            print(table)
+            with open(log_file, "a") as f:
+                f.write(f"Model: {path}\n{table}\n")
+            shutil.copyfile(log_file, last_file)
+            record = {
+                "checkpoint": str(path),
+                "epoch": epoch,
+                "mIoU": _json_number(res["miou"]),
+                "pixel_acc": _json_number(res["pixel_acc"]),
+                "per_class": {
+                    n: _json_number(v) for n, v in zip(names, res["iou"].tolist(), strict=True)
+                },
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            print(json.dumps(record), flush=True)
+            if writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(os.path.join(C.log_dir, "tb"))
+            writer.add_scalar("val/mIoU", res["miou"], epoch if epoch is not None else 0)
+            writer.flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return 0
+
+
+def main(C: Any, argv: Sequence[str] | None = None, *, root: str | None = None) -> int:
+    """The eval entry point: parse `argv`, evaluate every selected checkpoint, return the exit code.
+
+    C: the experiment config (not yet finalized); root: the experiment folder that relative
+    paths are resolved against (default: cwd). User errors print ``error: ...`` on stderr
+    without a traceback and return 2.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(C, argv, root, None)
+    except CpclError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
