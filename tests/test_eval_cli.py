@@ -219,10 +219,40 @@ def test_device_from_config_and_sharded_processes(voc_tree, snapshot, tmp_path, 
     C.dataset_path, C.eval_source = str(voc_tree), str(voc_tree / "val.txt")
     C.backbone, C.eval_crop_size = "resnet18", 48
     args = argparse.Namespace(save_path=None, show_image=False, labelids=False)
-    model = Network(21, backbone="resnet18")
     ds = build_dataset(C, "val")
     path = snapshot / "epoch-2.pth"
-    one, _ = _evaluate_checkpoint(C, model, ds, path, [torch.device("cpu")], args)
-    two, ckpt = _evaluate_checkpoint(C, model, ds, path, [torch.device("cpu")] * 2, args)
+    one, _ = _evaluate_checkpoint(C, ds, path, [torch.device("cpu")], args)
+    two, ckpt = _evaluate_checkpoint(C, ds, path, [torch.device("cpu")] * 2, args)
     assert torch.equal(one["hist"], two["hist"]) and one["hist"].sum() > 0
     assert ckpt["epoch"] == 2
+
+
+def test_main_takes_the_run_config_stored_in_the_checkpoint(voc_tree, tmp_path, capsys):
+    # A 5-class ResNet-18 run: eval.py under the VOC (21 classes, resnet101) experiment config
+    # must evaluate it as trained, without repeating its settings on the command line.
+    snap = tmp_path / "snap"
+    names = ["bg", "disc", "square", "triangle", "ring"]
+    stored = {
+        "method": "cpcl",
+        "backbone": "resnet18",
+        "num_classes": 5,
+        "class_names": names,
+        "dataset_path": str(voc_tree),
+        "eval_crop_size": 48,
+    }
+    torch.manual_seed(2)
+    save_checkpoint(snap / "epoch-1.pth", Network(5, backbone="resnet18"), epoch=1, config=stored)
+    base = ["-e", "1", "-d", "cpu", f"--snapshot_dir={snap}", f"--log_dir={tmp_path / 'log'}"]
+    base.append("--label_policy=ignore")  # the tiny VOC tree has labels 0..20
+    assert main(load_preset("voc"), base, root=str(tmp_path)) == 0
+    captured = capsys.readouterr()
+    record = json.loads(next(x for x in captured.out.splitlines() if x.startswith("{")))
+    assert list(record["per_class"]) == names and "note:" not in captured.err
+
+    # A command-line key still wins; the conflict is one line naming both values.
+    rc = main(load_preset("voc"), [*base, "--backbone=resnet50"], root=str(tmp_path))
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert rc == 2 and len(notes) == 1
+    assert "--backbone=resnet50" in notes[0] and "'resnet18'" in notes[0]
+    assert "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -106,6 +107,80 @@ def parse_devices(text: str | None) -> list[torch.device]:
     if len(set(devices)) != len(devices):
         raise CpclError(f"-d {text}: a device is listed twice")
     return devices
+
+
+# What a checkpoint is and how its run evaluates: `eval.py` takes these from the `config` a cpcl
+# run stores in its snapshots (plus the stored method's own `<method>_*` keys), unless the
+# command line sets them, so a snapshot evaluates as trained without repeating its settings.
+STORED_KEYS = (
+    "method",
+    "backbone",
+    "num_classes",
+    "class_names",
+    "dataset_name",
+    "dataset_path",
+    "bn_eps",
+    "bn_momentum",
+    "image_mean",
+    "image_std",
+    "eval_crop_size",
+    "eval_stride_rate",
+    "eval_scale_array",
+    "eval_flip",
+    "eval_branch",
+)
+
+
+def stored_config(path: Path) -> dict[str, Any]:
+    """The `config` that a cpcl training run stored in checkpoint `path`; {} for other files
+    (official snapshots, weight files) and for files that do not load (their real load later
+    reports why)."""
+    try:
+        # mmap: only the pickle is read here, not the tensors.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return dict(config) if isinstance(config, dict) else {}
+
+
+def adopt_stored_config(
+    C: Any, overrides: Sequence[str], stored: dict[str, Any], source: str
+) -> tuple[Any, list[str]]:
+    """`C` with the `--key=value` `overrides`, and the `STORED_KEYS` (and the stored method's
+    `<method>_*` keys) of `stored` wherever the command line does not set them.
+
+    Returns `(C, notes)`: one line per command-line value that differs from the stored one (the
+    command line wins). A stored `dataset_path` that no longer exists is not taken.
+    """
+    from ..config import _parse_args, apply_overrides, validate
+
+    given = dict(_parse_args(overrides))
+    base = copy.deepcopy(C)
+    if "method" in stored and "method" not in given:
+        base.method = stored["method"]  # first, so the right method's defaults and keys apply
+    C = apply_overrides(base, overrides)
+    method = C.method
+    keys = [*STORED_KEYS, *(k for k in stored if k.startswith(f"{method}_") and k in C)]
+    notes = []
+    for key in keys:
+        if key not in stored or key not in C:
+            continue
+        value = tuple(stored[key]) if isinstance(stored[key], list) else stored[key]
+        if key in given:
+            current = tuple(C[key]) if isinstance(C[key], list) else C[key]
+            if current != value:
+                notes.append(
+                    f"note: --{key}={given[key]} (command line) differs from {key}={value!r} "
+                    f"stored in {source}; using the command line"
+                )
+            continue
+        if key == "dataset_path" and not os.path.isdir(str(value)):
+            notes.append(f"note: the stored dataset_path {value} does not exist; using {C[key]}")
+            continue
+        C[key] = value
+    validate(C)
+    return C, notes
 
 
 def _load_eval_net(
@@ -301,7 +376,16 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
     from ..data.datasets import build_dataset, resolve_class_names
 
     args, rest = _parser(prog).parse_known_args(list(argv))
+    user_C = C
     C = finalize(apply_overrides(C, rest), root=root)
+    checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
+    # The run's own settings, from the (first) checkpoint; the command line still wins.
+    stored = stored_config(checkpoints[0][0])
+    if stored:
+        adopted, notes = adopt_stored_config(user_C, rest, stored, str(checkpoints[0][0]))
+        for line in notes:
+            print(line, file=sys.stderr)
+        C = finalize(adopted, root=root)
     if args.labelids and C.dataset_name != "cityscapes":
         raise CpclError(f"--labelids: only for Cityscapes (dataset_name is {C.dataset_name!r})")
     if args.save_path is None and (args.show_image or args.labelids):
@@ -312,7 +396,6 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         devices = parse_devices(None if choice == "auto" else ("0" if choice == "cuda" else "cpu"))
     else:
         devices = parse_devices(args.devices)
-    checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
     dataset = build_dataset(C, "val")
     names = resolve_class_names(C.dataset_name, C.num_classes, C.class_names)
     if args.verbose:
