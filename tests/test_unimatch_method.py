@@ -39,7 +39,7 @@ TINY = [
     "--batch_size=2",
     "--image_height=25",
     "--image_width=25",
-    "--nepochs=2",
+    "--nepochs=1",
     "--niters_per_epoch=2",
     "--num_workers=0",
     "--snapshot_iter=1",
@@ -193,9 +193,10 @@ class _StopAfter:
         return out
 
 
+@pytest.mark.slow
 def test_train_snapshot_and_exact_mid_epoch_resume(toy_root, tmp_path, monkeypatch):
     full = engine.fit(_config(toy_root, tmp_path / "full"), root=str(tmp_path))
-    assert not full["interrupted"] and len(full["epochs"]) == 2
+    assert not full["interrupted"] and len(full["epochs"]) == 1
     logs = full["epochs"][0]
     assert set(logs) == {"loss", "loss_x", "loss_u_s1", "loss_u_s2", "loss_u_w_fp", "mask_ratio"}
     assert logs["mask_ratio"] == 1.0 and logs["loss_u_s1"] > 0 and logs["loss_u_w_fp"] > 0
@@ -203,13 +204,13 @@ def test_train_snapshot_and_exact_mid_epoch_resume(toy_root, tmp_path, monkeypat
     assert set(reference) >= {"model", "optimizer_1"} and "optimizer_2" not in reference
     assert len(reference["optimizer_1"]["param_groups"]) == 2
 
-    # Stop after 3 of 4 iterations (epoch 2, iteration 1), then resume from interrupted.pth.
-    monkeypatch.setattr(engine, "train_step", _StopAfter(3))
+    # Stop after 1 of 2 iterations (mid-epoch), then resume from interrupted.pth.
+    monkeypatch.setattr(engine, "train_step", _StopAfter(1))
     part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
     assert part["interrupted"]
     snap = Path(part["snapshot_dir"])
     state = load_checkpoint(snap / "interrupted.pth")
-    assert (state["next_epoch"], state["next_iter"]) == (1, 1)
+    assert (state["next_epoch"], state["next_iter"]) == (0, 1)
     monkeypatch.undo()
     resumed = engine.fit(
         _config(toy_root, tmp_path / "split"),
@@ -278,6 +279,7 @@ def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out: str) -> No
     cdist.cleanup()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_parameters_identical(toy_root, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
     p0, p1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
@@ -292,3 +294,22 @@ def test_ddp_two_processes_keep_parameters_identical(toy_root, tmp_path):
     init = dict(UniMatch.from_config(
         finalize(_config(toy_root, tmp_path)), per_rank_batch=2).build_model().named_parameters())  # fmt: skip
     assert sum(not torch.equal(p0[k], init[k]) for k in p0) > 0.9 * len(p0)
+
+
+def test_set_lr_is_the_official_after_step_poly():
+    from cpcl.methods import StepInfo
+    from cpcl.methods.unimatch_optim import lr_for_step
+
+    args = ["--method=unimatch", "--backbone=resnet18", "--niters_per_epoch=5", "--nepochs=2"]
+    C = finalize(apply_overrides(load_preset("voc"), args))
+    method = UniMatch.from_config(C, per_rank_batch=2)
+    model = method.build_model(pretrained=False)
+    (opt,) = method.build_optimizers(model)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in opt.param_groups[0]["params"]} == backbone
+    assert all(id(p) not in backbone for p in opt.param_groups[1]["params"])
+    for it in range(10):
+        lr = method.set_lr([opt], StepInfo(it // 5, it, 5, 10))
+        assert lr == lr_for_step(it, C.lr, 10, C.lr_power)
+        assert opt.param_groups[0]["lr"] == lr
+        assert opt.param_groups[1]["lr"] == lr * C.unimatch_lr_multi
