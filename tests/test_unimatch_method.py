@@ -4,7 +4,6 @@ named config errors, the data view, exact mid-epoch resume, and two-process gloo
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import StopAfter
 
 import cpcl.engine as engine
 from cpcl import dist as cdist
@@ -179,20 +179,6 @@ def test_view_rejects_bad_partner():
 # --- end to end: snapshots, exact resume, evaluation -------------------------------------
 
 
-class _StopAfter:
-    """Wraps train_step and sends SIGTERM to this process after `n` calls (preemption)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls, self.real = n, 0, engine.train_step
-
-    def __call__(self, *args, **kwargs):
-        out = self.real(*args, **kwargs)
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-
 @pytest.mark.slow
 def test_train_snapshot_and_exact_mid_epoch_resume(toy_root, tmp_path, monkeypatch):
     full = engine.fit(_config(toy_root, tmp_path / "full"), root=str(tmp_path))
@@ -205,7 +191,7 @@ def test_train_snapshot_and_exact_mid_epoch_resume(toy_root, tmp_path, monkeypat
     assert len(reference["optimizer_1"]["param_groups"]) == 2
 
     # Stop after 1 of 2 iterations (mid-epoch), then resume from interrupted.pth.
-    monkeypatch.setattr(engine, "train_step", _StopAfter(1))
+    monkeypatch.setattr(engine, "train_step", StopAfter(1))
     part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
     assert part["interrupted"]
     snap = Path(part["snapshot_dir"])
@@ -313,3 +299,37 @@ def test_set_lr_is_the_official_after_step_poly():
         assert lr == lr_for_step(it, C.lr, 10, C.lr_power)
         assert opt.param_groups[0]["lr"] == lr
         assert opt.param_groups[1]["lr"] == lr * C.unimatch_lr_multi
+
+
+def test_evaluate_unimatch_protocols_on_a_pointwise_net():
+    from cpcl.methods.unimatch_eval import evaluate_unimatch
+    from cpcl.metrics import confusion_matrix, scores
+
+    class _Data:
+        def __init__(self) -> None:
+            self.items = [(*_loaded(s, 20, 26)[:2], f"v{s}") for s in range(2)]
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def load(self, i: int):
+            return self.items[i]
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 1).eval()  # per pixel: windows cannot change the argmax
+    data = _Data()
+    whole = evaluate_unimatch(net, data, num_classes=4, mode="original")
+    windows = evaluate_unimatch(net, data, num_classes=4, mode="sliding_window", crop_size=9)
+    assert np.array_equal(whole["iou"], windows["iou"], equal_nan=True)
+    lut = unimatch_normalize_lut()
+    hist = sum(
+        confusion_matrix(
+            net(
+                torch.from_numpy(lut[img.astype(np.int64), np.arange(3)].transpose(2, 0, 1))[None]
+            ).argmax(1)[0],
+            torch.from_numpy(gt).long(),
+            4,
+        )
+        for img, gt, _ in data.items
+    )
+    assert whole["miou"] == scores(hist)["miou"]

@@ -35,6 +35,7 @@ from .views import DataView, Loaded, RngFor, labeled_pair
 
 __all__ = [
     "MIX_PARTNERS",
+    "UNLABELED_KEYS",
     "UNLABELED_PAD",
     "UniMatchView",
     "UniMatchViewSettings",
@@ -217,6 +218,19 @@ def unimatch_normalize_lut(
 
 
 MIX_PARTNERS = ("same", "different")
+# The unlabeled keys of a batch, as named in the official loop (`unimatch.py:123-127`).
+UNLABELED_KEYS = (
+    "img_u_w",
+    "img_u_s1",
+    "img_u_s2",
+    "ignore_mask",
+    "cutmix_box1",
+    "cutmix_box2",
+    "img_u_w_mix",
+    "img_u_s1_mix",
+    "img_u_s2_mix",
+    "ignore_mask_mix",
+)
 
 
 def aug_rng(gen: np.random.Generator) -> AugRng:
@@ -277,20 +291,7 @@ class UniMatchView(DataView):
     each through `aug_rng` in the official draw order (see the module docstring).
     """
 
-    keys = (
-        "img",
-        "gt",
-        "img_u_w",
-        "img_u_s1",
-        "img_u_s2",
-        "ignore_mask",
-        "cutmix_box1",
-        "cutmix_box2",
-        "img_u_w_mix",
-        "img_u_s1_mix",
-        "img_u_s2_mix",
-        "ignore_mask_mix",
-    )
+    keys = ("img", "gt", *UNLABELED_KEYS)
 
     def __init__(self, settings: UniMatchViewSettings) -> None:
         self.settings = settings
