@@ -1,6 +1,6 @@
-"""Semi-supervised gain on the toy data: `sup` vs `cps` vs `cpcl` through the same engine.
+"""Semi-supervised gain on the toy data: `sup` vs `cps` vs `cpcl` vs `unimatch`, same engine.
 
-    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl] [--jobs N] [--key=value ...]
+    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl unimatch] [--jobs N] [--key=value ...]
 
 Protocol (`cpcl.presets.toy`: SEMISUP_DATA, SEMISUP_OVERRIDES, PRETRAIN):
 1. the semi-supervised toy set (1/8 of its training images labeled) is written once;
@@ -8,7 +8,13 @@ Protocol (`cpcl.presets.toy`: SEMISUP_DATA, SEMISUP_OVERRIDES, PRETRAIN):
    the stand-in for ImageNet weights; cached);
 3. every (method, seed) run starts from that backbone with the same schedule and differs only
    in `C.method` and `C.seed` (head init, sampling, CutMix boxes); its last snapshot is
-   evaluated on the toy validation set with the official evaluator (branch 1).
+   evaluated on the toy validation set with the official evaluator (branch 1; for UniMatch
+   its one network, `eval_net`).
+
+UniMatch runs with the same data, crops, batch, iterations and backbone; its own recipe keeps
+the official 10x head multiplier (`unimatch_lr_multi`), so `METHOD_OVERRIDES` sets its backbone
+lr to 0.005: head 0.05, the lr of every parameter in the other rows. Its other official values
+(confidence threshold 0.95, strong views, FP) are kept.
 
 On a CPU the runs go to `--jobs` parallel processes with cpu_count/jobs threads each, because
 two single-thread processes train about twice as fast as one two-thread process on small
@@ -31,15 +37,22 @@ from typing import IO
 
 import torch
 
+from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.data.datasets import build_dataset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate import evaluate_snapshot
+from cpcl.evaluate import eval_settings, evaluate_dataset, evaluate_snapshot
+from cpcl.methods import eval_net_from_checkpoint, method_names
 from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES
 from cpcl.toy_pretrain import pretrain_toy_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_SEMISUP_RESULT "
+# Per-method additions to SEMISUP_OVERRIDES (see the module docstring).
+METHOD_OVERRIDES: dict[str, tuple[str, ...]] = {"unimatch": ("--lr=0.005",)}
+# Methods whose snapshot is the CPCL two-branch network (evaluated through evaluate_snapshot).
+TWO_BRANCH = ("sup", "cps", "cpcl")
 
 
 def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: list[str]) -> float:
@@ -55,12 +68,21 @@ def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: l
             f"--method={method}",
             f"--seed={seed}",
             f"--device={device}",
+            *METHOD_OVERRIDES.get(method, ()),
             *extra,
         ],
     )
     summary = fit(C, root=out)
     snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
-    result = evaluate_snapshot(finalize(C, root=out), snapshot, device=device, progress=False)
+    C = finalize(C, root=out)
+    if method in TWO_BRANCH:
+        result = evaluate_snapshot(C, snapshot, device=device, progress=False)
+    else:  # any other method: its eval_net through the same evaluator
+        net = eval_net_from_checkpoint(C, load_checkpoint(snapshot), device)
+        settings = {**eval_settings(C), "branch": "1"}
+        result = evaluate_dataset(
+            net, build_dataset(C, "val"), device=device, progress=False, **settings
+        )
     return float(result["miou"])
 
 
@@ -121,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=["sup", "cps", "cpcl"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=method_names(), default=["sup", "cps", "cpcl", "unimatch"]
+    )
     parser.add_argument("--data", default=str(REPO / "DATA" / "toy_voc_semisup"))
     parser.add_argument("--backbone", default=str(REPO / "DATA" / "toy_pretrain" / "resnet18.pth"))
     cpu_jobs = min(os.cpu_count() or 1, 6)

@@ -147,7 +147,7 @@ def test_official_checkpoint_and_pretrained_load_strictly(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"backbone": "resnet18"}, "backbone"),
+        ({"backbone": "resnet152"}, "backbone"),
         ({"dilations": (6, 12)}, "dilations"),
         ({"fp_dropout": 1.0}, "fp_dropout"),
         ({"num_classes": 0}, "num_classes"),

@@ -22,15 +22,24 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import CpclError, DataError
 from .strong_aug import AugRng, StrongAugSettings, check_rgb, strong_view
+from .views import DataView, Loaded, RngFor, labeled_pair
 
 __all__ = [
+    "MIX_PARTNERS",
+    "UNLABELED_KEYS",
     "UNLABELED_PAD",
+    "UniMatchView",
+    "UniMatchViewSettings",
+    "aug_rng",
     "crop",
     "hflip",
     "labeled_view",
@@ -206,3 +215,107 @@ def unimatch_normalize_lut(
         )
     x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)
     return (x - mean32) / std32
+
+
+MIX_PARTNERS = ("same", "different")
+# The unlabeled keys of a batch, as named in the official loop (`unimatch.py:123-127`).
+UNLABELED_KEYS = (
+    "img_u_w",
+    "img_u_s1",
+    "img_u_s2",
+    "ignore_mask",
+    "cutmix_box1",
+    "cutmix_box2",
+    "img_u_w_mix",
+    "img_u_s1_mix",
+    "img_u_s2_mix",
+    "ignore_mask_mix",
+)
+
+
+def aug_rng(gen: np.random.Generator) -> AugRng:
+    """An `AugRng` seeded from one per-sample generator of the loader (`rng(k)`).
+
+    The three seeds depend only on (seed, rank, epoch, iteration, slot, k), never on the worker
+    that builds the sample (the official code uses each worker's global generators instead).
+    """
+    py_seed, np_seed, torch_seed = (int(s) for s in gen.integers(0, 2**32, size=3))
+    return AugRng(
+        random.Random(py_seed),
+        np.random.RandomState(np_seed),
+        torch.Generator().manual_seed(torch_seed),
+    )
+
+
+@dataclass(frozen=True)
+class UniMatchViewSettings:
+    """What the UniMatch view needs: square crop, resize range, normalisation, partner mode."""
+
+    crop_size: int
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    partner: str = "same"
+    strong: StrongAugSettings = field(default_factory=StrongAugSettings)
+
+    def __post_init__(self) -> None:
+        if self.partner not in MIX_PARTNERS:
+            raise CpclError(
+                f"UniMatch mixing partner {self.partner!r}: expected one of {MIX_PARTNERS}"
+            )
+        if int(self.crop_size) < 1:
+            raise CpclError(f"UniMatch crop_size={self.crop_size!r}: expected a positive int")
+
+
+def _chw(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """CHW float32 of a uint8 HxWx3 crop through the (256, 1, 3) normalisation table."""
+    return np.ascontiguousarray(cv2.LUT(np.ascontiguousarray(img), lut).transpose(2, 0, 1))
+
+
+class UniMatchView(DataView):
+    """One UniMatch batch slot: the labeled weak view, the unlabeled sample and its partner.
+
+    Keys: `img` (3,S,S) float32 and `gt` (S,S) int64 (labeled, 255 = ignore: `img_x`,
+    `mask_x` of the official loop); `img_u_w`, `img_u_s1`, `img_u_s2` (3,S,S) float32,
+    `ignore_mask` (S,S) int64 (255 on the crop padding), `cutmix_box1/2` (S,S) float32; the
+    same four image/mask keys with the suffix `_mix` for the mixing partner (its boxes are
+    drawn, as in the official loader, and dropped).
+
+    Partner (`settings.partner`): "same" (official) reads the unlabeled image of the slot a
+    second time with independent augmentation (`zip(loader_u, loader_u)` iterates one
+    sampler permutation twice), so the view has two streams; "different" (opt-in) reads a
+    third stream, an independent permutation of the unlabeled list (the partner is then
+    another image, except by chance, 1 / n_unlabeled).
+
+    Randomness: labeled view from `rng(0)`, unlabeled from `rng(1)`, partner from `rng(2)`,
+    each through `aug_rng` in the official draw order (see the module docstring).
+    """
+
+    keys = ("img", "gt", *UNLABELED_KEYS)
+
+    def __init__(self, settings: UniMatchViewSettings) -> None:
+        self.settings = settings
+        same = settings.partner == "same"
+        self.streams = ("labeled", "unlabeled") if same else ("labeled", "unlabeled", "unlabeled")
+        self.lut = unimatch_normalize_lut(settings.mean, settings.std).reshape(256, 1, 3)
+
+    def _unlabeled(self, loaded: Loaded, gen: np.random.Generator) -> dict[str, np.ndarray]:
+        s = self.settings
+        return unlabeled_views(loaded[0], None, s.crop_size, aug_rng(gen), s.strong, s.scale_range)
+
+    def sample(self, loaded: Sequence[Loaded], rng: RngFor) -> dict[str, np.ndarray]:
+        """The arrays of one slot from (labeled, unlabeled[, partner]) decoded images."""
+        s = self.settings
+        img_x, mask_x = labeled_view(
+            *labeled_pair(loaded[0]), s.crop_size, aug_rng(rng(0)), s.scale_range
+        )
+        u = self._unlabeled(loaded[1], rng(1))
+        mix = self._unlabeled(loaded[1 if s.partner == "same" else 2], rng(2))
+        out = {"img": _chw(img_x, self.lut), "gt": mask_x.astype(np.int64)}
+        for suffix, views in (("", u), ("_mix", mix)):
+            out[f"img_u_w{suffix}"] = _chw(views["img_w"], self.lut)
+            out[f"img_u_s1{suffix}"] = _chw(views["img_s1"], self.lut)
+            out[f"img_u_s2{suffix}"] = _chw(views["img_s2"], self.lut)
+            out[f"ignore_mask{suffix}"] = views["ignore_mask"].astype(np.int64)
+        out["cutmix_box1"], out["cutmix_box2"] = u["cutmix_box1"], u["cutmix_box2"]
+        return out

@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "cpcl": "cpcl",
     "cps": "cps",
     "sup": "sup",
+    "unimatch": "unimatch",
 }
 
 __all__ = [

@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import CpclError
 
-__all__ = ["EVAL_MODES", "sliding_window_starts", "unimatch_predict"]
+__all__ = ["EVAL_MODES", "evaluate_unimatch", "sliding_window_starts", "unimatch_predict"]
 
 EVAL_MODES = ("original", "sliding_window")
 
@@ -50,3 +51,41 @@ def unimatch_predict(
                 final = img.new_zeros(img.shape[0], prob.shape[1], h, w, dtype=prob.dtype)
             final[:, :, rows, cols] += prob
     return final.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate_unimatch(
+    net: Callable[[Tensor], Tensor],
+    dataset: Any,
+    *,
+    num_classes: int,
+    mode: str,
+    crop_size: int | None = None,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """mIoU of `net` on `dataset` (`load(i) -> (uint8 RGB, label, name)`) with UniMatch's protocol.
+
+    One image at a time, normalised as UniMatch (`unimatch_normalize_lut`), predicted with
+    `unimatch_predict(net, img, mode, crop_size)`; returns `cpcl.metrics.scores` of the summed
+    confusion matrix (label 255 not counted). The official `mIOU` is the mean over ALL
+    classes of intersection / (union + 1e-10), so a class absent from both prediction and
+    ground truth counts 0 there and is left out here (nanmean): equal whenever every class
+    occurs. `net` should be in eval mode.
+    """
+    from ..data.unimatch_views import unimatch_normalize_lut
+    from ..metrics import confusion_matrix, scores
+
+    if mode not in EVAL_MODES:
+        raise CpclError(f"UniMatch eval mode={mode!r}: expected one of {EVAL_MODES}")
+    lut = torch.from_numpy(unimatch_normalize_lut(mean, std))
+    hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i in range(len(dataset)):
+        img, label, name = dataset.load(i)
+        if label is None:
+            raise CpclError(f"UniMatch evaluation: image {name!r} has no label")
+        x = lut[torch.from_numpy(img).long(), torch.arange(3)].permute(2, 0, 1)[None]
+        pred = unimatch_predict(net, x.to(device), mode, crop_size)[0].cpu()
+        hist += confusion_matrix(pred, torch.from_numpy(label).long(), num_classes)
+    return scores(hist)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..data.unimatch_views import UNLABELED_KEYS
 from ..errors import CpclError
 from .unimatch_losses import (
     OFFICIAL_LOSS_WEIGHTS,
@@ -31,20 +32,7 @@ from .unimatch_losses import (
 
 __all__ = ["BATCH_KEYS", "cutmix_images", "unimatch_forward_loss"]
 
-BATCH_KEYS = (
-    "img_x",
-    "mask_x",
-    "img_u_w",
-    "img_u_s1",
-    "img_u_s2",
-    "ignore_mask",
-    "cutmix_box1",
-    "cutmix_box2",
-    "img_u_w_mix",
-    "img_u_s1_mix",
-    "img_u_s2_mix",
-    "ignore_mask_mix",
-)
+BATCH_KEYS = ("img_x", "mask_x", *UNLABELED_KEYS)
 
 
 def cutmix_images(img: Tensor, img_mix: Tensor, box: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_backbone_weights, load_weights
-from .resnet import ResNet, dilated_layout, resnet50, resnet101
+from .resnet import ResNet, dilated_layout, resnet18, resnet34, resnet50, resnet101
 
 __all__ = [
     "ASPPModule",
@@ -37,7 +37,13 @@ __all__ = [
     "load_unimatch_pretrained",
 ]
 
-_BACKBONES = {"resnet50": (resnet50, (3, 4, 6, 3)), "resnet101": (resnet101, (3, 4, 23, 3))}
+# resnet18/34 (BasicBlock, 64/512 channels) are not in UniMatch: small-test and toy sizes only.
+_BACKBONES = {
+    "resnet18": (resnet18, (2, 2, 2, 2)),
+    "resnet34": (resnet34, (3, 4, 6, 3)),
+    "resnet50": (resnet50, (3, 4, 6, 3)),
+    "resnet101": (resnet101, (3, 4, 23, 3)),
+}
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -102,7 +108,8 @@ class UniMatchDeepLabV3Plus(nn.Module):
 
     Args:
         num_classes: classifier outputs (`nclass`: 21 Pascal, 19 Cityscapes).
-        backbone: "resnet101" (official) or "resnet50".
+        backbone: "resnet101" (official), "resnet50", or "resnet18"/"resnet34" (not in
+            UniMatch; the same head on 64/512-channel features, for tests and toy runs).
         dilations: ASPP rates (`dilations`, official [6, 12, 18]).
         replace_stride_with_dilation: torchvision flags for layer2..4 (official [F, F, T]).
         fp_dropout: channel-dropout probability of the feature perturbation (official 0.5).
@@ -130,7 +137,7 @@ class UniMatchDeepLabV3Plus(nn.Module):
         self.backbone: ResNet = build(
             deep_stem=True, stem_width=64, layer_strides=strides, layer_dilations=layer_dilations
         )
-        low_channels, high_channels = 256, 2048
+        low_channels, high_channels = self.backbone.out_channels[0], self.backbone.out_channels[3]
         self.head = ASPPModule(high_channels, dilations)
         self.reduce = _conv_bn_relu(low_channels, 48, 1)
         self.fuse = nn.Sequential(
@@ -141,7 +148,8 @@ class UniMatchDeepLabV3Plus(nn.Module):
         self.fp_dropout = float(fp_dropout)
 
     def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Backbone pass: (c1, c4), the layer1 (256 ch, stride 4) and layer4 (2048 ch) outputs."""
+        """Backbone pass: (c1, c4), the layer1 (stride 4) and layer4 outputs (256 / 2048 ch for
+        ResNet-50/101)."""
         feats = self.backbone(x)
         return feats[0], feats[-1]
 
