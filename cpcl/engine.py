@@ -302,6 +302,23 @@ class _Meter:
             )
 
 
+def _next_batch(batches: Any, stop: StopFlag | None) -> Any:
+    """The next batch, or None at the end of the epoch or when a stop request killed a worker.
+
+    Workers ignore SIGINT/SIGTERM (`cpcl.data.loaders.ignore_stop_signals`), but one killed
+    anyway (e.g. by a signal sent before it could ignore it on another platform) makes the
+    loader raise RuntimeError; after a stop request that simply ends the epoch early.
+    """
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except RuntimeError:
+        if stop is not None and stop.local:
+            return None
+        raise
+
+
 def train_one_epoch(
     model: nn.Module, loader: Any, state: TrainState, *, epoch: int, start_iter: int = 0
 ) -> tuple[dict[str, float], int]:
@@ -325,7 +342,8 @@ def train_one_epoch(
         leave=True,
     )
     done = start_iter
-    for batch in loader:
+    batches = iter(loader)
+    while (batch := _next_batch(batches, state.stop)) is not None:
         it = epoch * niters + done
         step = StepInfo(epoch, it, niters, loop.nepochs * niters)
         lr = method.set_lr(state.optimizers, step)
