@@ -43,6 +43,7 @@ from .dist import (
     maybe_sync_batchnorm,
 )
 from .errors import CpclError
+from .fileio import ensure_writable_dir, remove_stale_temps
 from .methods import Method, StepInfo, get_method, method_names
 from .models import Network  # noqa: F401  (re-export: engine.Network)
 from .optim import set_lr
@@ -411,7 +412,13 @@ def _fit(
     C: Any, info: DistInfo, *, root: str | None, resume: str | None, argv: list[str] | None
 ) -> dict[str, Any]:
     C, labeled, unlabeled = resolve_run_config(C, root=root)
+    if info.is_main:
+        # Before any work: a read-only or forbidden output folder is a named error now, not
+        # a raw OSError after the first epoch (setup_logger checks the log folder).
+        ensure_writable_dir(C.snapshot_dir, "snapshot folder (C.snapshot_dir)")
     log = setup_logger(C.log_dir, is_main=info.is_main)
+    if info.is_main:
+        remove_stale_temps(C.snapshot_dir)  # left by a save that was killed (logged)
     if info.is_main:
         write_run_info(C.log_dir, C, argv)
         log.info("config values not from the dataset preset: %s", describe_sources(C, argv))

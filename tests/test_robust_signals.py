@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from cpcl.checkpoint import load_checkpoint
-from cpcl.data.toy import make_toy_voc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +39,6 @@ sys.exit(engine.main(load_preset("voc"), sys.argv[2:]))
 """
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy_voc")
-    make_toy_voc(root, n_train=16, n_val=4, height=40, width=48, num_classes=4, seed=0)
-    return root
-
-
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
@@ -60,7 +52,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> N
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_root, tmp_path, sig):
+def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_small, tmp_path, sig):
     marker = tmp_path / "started"
     args = [
         "--backbone=resnet18",
@@ -74,7 +66,7 @@ def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_root, tm
         "--num_classes=4",
         "--labeled_ratio=4",
         "--device=cpu",
-        f"--dataset_path={toy_root}",
+        f"--dataset_path={toy_voc_small}",
         f"--log_dir={tmp_path / 'log'}",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -9,34 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, load_preset
-from cpcl.data.toy import make_toy_voc
 
-TINY = [
-    "--backbone=resnet18",
-    "--pretrained_model=None",
-    "--batch_size=2",
-    "--image_height=32",
-    "--image_width=32",
-    "--nepochs=2",
-    "--niters_per_epoch=3",
-    "--num_workers=0",
-    "--snapshot_iter=1",
-    "--num_classes=4",
-    "--labeled_ratio=4",
-    "--display_iter=2",
-    "--device=cpu",
-]
+TINY = list(TINY_TRAIN)
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy_voc")
-    make_toy_voc(root, n_train=16, n_val=4, height=40, width=48, num_classes=4, seed=0)
-    return root
+def toy_root(toy_voc_small) -> Path:
+    return toy_voc_small
 
 
 def _config(toy_root: Path, run: Path, *extra: str):
