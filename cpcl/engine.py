@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import __version__
-from .config import apply_overrides, describe_sources, finalize, to_plain
+from .config import apply_overrides, describe_sources, finalize, key_help, to_plain
 from .data.datasets import build_dataset
 from .data.loaders import build_train_loader
 from .data.splits import check_disjoint
@@ -190,6 +191,11 @@ def train_step(
 # ---------------------------------------------------------------------------------------------
 
 
+def epoch_label(epoch: int, nepochs: int) -> str:
+    """`epoch-1 (2/2)`: the 0-based number of the snapshot name epoch-N.pth, then the progress."""
+    return f"epoch-{epoch} ({epoch + 1}/{nepochs})"
+
+
 class NonFiniteLossError(CpclError):
     """A loss became NaN or inf; the message names the iteration and every loss part."""
 
@@ -297,8 +303,8 @@ class _Meter:
                 f"{k}={v:.6g}" for k, v in zip(self.keys, self.bad_parts.tolist(), strict=True)
             )
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {it} (epoch {it // niters + 1}, iteration "
-                f"{it % niters + 1} of the epoch): {values}. Training stopped; the last saved "
+                f"non-finite loss at iteration {it} (epoch-{it // niters}, iteration "
+                f"{it % niters + 1} of {niters}): {values}. Training stopped; the last saved "
                 "checkpoint is kept. Try a lower C.lr, amp=none, or check the labels."
             )
 
@@ -337,7 +343,7 @@ def train_one_epoch(
     bar = tqdm(
         total=niters,
         initial=start_iter,
-        desc=f"epoch {epoch + 1}/{loop.nepochs}",
+        desc=epoch_label(epoch, loop.nepochs),
         disable=not state.is_main,
         dynamic_ncols=True,
         leave=True,
@@ -487,6 +493,8 @@ def _fit(
             method_state=method.state_dict(),
             config=to_plain(C),
             version=__version__,
+            # Numbered snapshots may be weights-only; epoch-last.pth / interrupted.pth resume.
+            weights_only=bool(C.snapshot_weights_only) and name.split("-")[-1][0].isdigit(),
         )
         return path
 
@@ -513,17 +521,17 @@ def _fit(
                         rng=rng,
                     )
                     log.info(
-                        "stop requested: wrote %s (epoch %d, iteration %d); resume with -c",
+                        "stop requested: wrote %s (%s, iteration %d of %d); resume with -c",
                         path,
-                        epoch + 1,
+                        epoch_label(epoch, C.nepochs),
                         done,
+                        len(loader),
                     )
                 summary["interrupted"] = True
                 break
             log.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                C.nepochs,
+                "%s: %s",
+                epoch_label(epoch, C.nepochs),
                 " ".join(f"{k}={v:.4f}" for k, v in means.items()),
             )
             summary["epochs"].append(means)
@@ -533,6 +541,8 @@ def _fit(
                     names.append(f"epoch-{epoch}.pth")
                 for name in names:
                     save(name, epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng)
+                log.info("saved %s in %s", ", ".join(names), C.snapshot_dir)
+                summary["last_snapshot"] = os.path.join(C.snapshot_dir, names[-1])
             if C.eval_every and (epoch + 1) % C.eval_every == 0:
                 summary["last_eval"] = _evaluate_during_training(
                     method.eval_net(model), C, info, state, epoch, log
@@ -544,9 +554,9 @@ def _fit(
                         "interrupted.pth", epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng
                     )
                     log.info(
-                        "stop requested: wrote %s (end of epoch %d); resume with -c",
+                        "stop requested: wrote %s (end of %s); resume with -c",
                         path,
-                        epoch + 1,
+                        epoch_label(epoch, C.nepochs),
                     )
                 summary["interrupted"] = True
                 break
@@ -592,18 +602,42 @@ def _evaluate_during_training(
         progress=info.is_main,
         **settings,
     )
-    log.info("epoch %d: val mIoU %.2f%%", epoch + 1, 100 * result["miou"])
+    log.info("epoch-%d: val mIoU %.2f%%", epoch, 100 * result["miou"])
     if state.scalars is not None:
         state.scalars.add({"val/mIoU": result["miou"]}, epoch)
     return {"epoch": epoch, "miou": result["miou"]}
 
 
+def _help_config(C: Any, argv: Sequence[str]) -> str:
+    """The config table of `--help`, with the defaults of the method asked for (if valid)."""
+    methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
+    # An unknown method is reported when training starts; here C is shown as it is.
+    with contextlib.suppress(CpclError):
+        C = apply_overrides(C, [f"--method={m}" for m in methods[-1:]])
+    return key_help(C)
+
+
+def _finished(summary: dict[str, Any], rest: Sequence[str]) -> str:
+    """Where the snapshots went and the command that evaluates the last one."""
+    last = summary.get("last_snapshot")
+    lines = [f"snapshots: {summary['snapshot_dir']} (epoch-N.pth: N = 0-based epoch)"]
+    if last:
+        script = os.path.join(os.path.dirname(sys.argv[0]), "eval.py")
+        lines.append("evaluate:  " + shlex.join([sys.executable, script, "-e", last, *rest]))
+    return "\n".join(lines)
+
+
 def main(C: Any, argv: list[str] | None = None) -> int:
     """Command-line entry of `exp_*/train.py`: `[-c CKPT] [--key=value ...]`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description="Train a segmentation method (C.method: "
         + ", ".join(method_names())
-        + "). Any config key can be set with --key=value (see config.py).",
+        + "). Any config key below can be set with --key=value; values come from config.py. "
+        "Snapshots are named epoch-N.pth with N the 0-based epoch (official), plus "
+        "epoch-last.pth.",
+        epilog="config keys (--key=value; [current value]):\n" + _help_config(C, argv),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -612,7 +646,7 @@ def main(C: Any, argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         C = apply_overrides(C, rest)
-        summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *(argv or [])])
+        summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *argv])
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -621,4 +655,6 @@ def main(C: Any, argv: list[str] | None = None) -> int:
             "training interrupted; resume with: -c "
             + os.path.join(summary["snapshot_dir"], "interrupted.pth")
         )
+    else:
+        print(_finished(summary, rest))
     return 0

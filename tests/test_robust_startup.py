@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from conftest import TINY_TRAIN
 
 import cpcl.engine as engine
+from cpcl.checkpoint import load_checkpoint
 from cpcl.config import load_preset
 from cpcl.fileio import _host
 
@@ -64,3 +66,38 @@ def test_stale_temp_of_a_killed_save_is_removed_at_start(toy_voc_small, tmp_path
     monkeypatch.setattr(engine, "train_step", stop)
     assert engine.main(load_preset("voc"), _args(toy_voc_small, tmp_path)) == 2
     assert not stale.exists()
+
+
+def test_epoch_numbers_end_pointers_and_weights_only_snapshots(toy_voc_small, tmp_path, capsys):
+    args = _args(toy_voc_small, tmp_path, "--snapshot_weights_only=true")
+    assert engine.main(load_preset("voc"), args) == 0
+    snap = tmp_path / "log" / "snapshot"
+    assert sorted(os.listdir(snap)) == ["epoch-1.pth", "epoch-last.pth"]
+    # The log names the epoch as the snapshot does (0-based), then the progress.
+    text = next((tmp_path / "log").glob("train_*.log")).read_text()
+    assert "epoch-0 (1/2): loss=" in text and "epoch-1 (2/2): loss=" in text
+    assert f"saved epoch-last.pth, epoch-1.pth in {snap}" in text
+    # train.py ends with the snapshot folder and the command that evaluates the last one.
+    out = capsys.readouterr().out
+    assert f"snapshots: {snap}" in out
+    assert "eval.py -e " + str(snap / "epoch-1.pth") in out and "--backbone=resnet18" in out
+    # Numbered snapshots: weights only, half the size; epoch-last.pth stays complete.
+    numbered, last = load_checkpoint(snap / "epoch-1.pth"), load_checkpoint(snap / "epoch-last.pth")
+    assert numbered["weights_only"] is True and "optimizer_1" not in numbered
+    assert numbered["epoch"] == last["epoch"] == 1
+    assert all(torch.equal(numbered["model"][k], v) for k, v in last["model"].items())
+    assert {"optimizer_1", "optimizer_2", "rng"} <= set(last) and not last.get("weights_only")
+    assert (snap / "epoch-1.pth").stat().st_size < 0.7 * (snap / "epoch-last.pth").stat().st_size
+    # Resuming from a weights-only file is a named error that points at epoch-last.pth.
+    assert engine.main(load_preset("voc"), [*args, "-c", str(snap / "epoch-1.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "weights-only snapshot" in err and "epoch-last.pth" in err
+
+
+def test_num_workers_default_is_at_most_the_usable_cpus(monkeypatch):
+    import cpcl.presets.common as common
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert load_preset("voc").num_workers == 2 == common.usable_cpus()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert load_preset("cityscapes").num_workers == 4  # the official value as the upper bound

@@ -51,7 +51,7 @@ def test_main_trains_and_writes_official_snapshots_and_logs(toy_root, tmp_path, 
     assert json.loads((log_dir / "config.json").read_text())["num_classes"] == 4
     assert "git:" in (log_dir / "run_info.txt").read_text()
     text = next(log_dir.glob("train_*.log")).read_text()
-    assert "epoch 2/2: loss=" in text and "overlap=" in text
+    assert "epoch-1 (2/2): loss=" in text and "overlap=" in text
     assert any((log_dir / "tb").iterdir())
 
 
@@ -120,7 +120,7 @@ def test_non_finite_loss_stops_with_iteration_and_parts(toy_root, tmp_path, monk
     with pytest.raises(engine.NonFiniteLossError) as err:
         engine.fit(C, root=str(tmp_path))
     msg = str(err.value)
-    assert "non-finite loss at iteration 4 (epoch 2, iteration 2 of the epoch)" in msg
+    assert "non-finite loss at iteration 4 (epoch-1, iteration 2 of 3)" in msg
     assert "loss_unsup_union=nan" in msg and "loss_sup_1=" in msg
     # The checkpoint of the last finished epoch is kept.
     state = load_checkpoint(tmp_path / "log" / "snapshot" / "epoch-last.pth")
