@@ -20,13 +20,13 @@ from cpcl.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A long run (it is stopped long before its end) with one loader worker.
+# A long run (it is stopped long before its end) with loader workers.
 CHILD = """
-import sys, pathlib
+import os, sys, pathlib
 import cpcl.engine as engine
 from cpcl.config import load_preset
 
-marker = pathlib.Path(sys.argv[1])
+marker = pathlib.Path(sys.argv[1] + os.environ.get("RANK", "0"))
 real = engine.train_step
 
 def step(*args, **kwargs):
@@ -51,10 +51,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> N
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_small, tmp_path, sig):
-    marker = tmp_path / "started"
-    args = [
+def _args(toy: Path, run: Path) -> list[str]:
+    return [
         "--backbone=resnet18",
         "--pretrained_model=None",
         "--batch_size=2",
@@ -66,18 +64,28 @@ def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_smal
         "--num_classes=4",
         "--labeled_ratio=4",
         "--device=cpu",
-        f"--dataset_path={toy_voc_small}",
-        f"--log_dir={tmp_path / 'log'}",
+        f"--dataset_path={toy}",
+        f"--log_dir={run / 'log'}",
     ]
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(marker), *args],
+    return subprocess.Popen(
+        cmd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, like a job in a terminal
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_small, tmp_path, sig):
+    marker = tmp_path / "started"
+    proc = _start([sys.executable, "-c", CHILD, str(marker), *_args(toy_voc_small, tmp_path)])
+    marker = tmp_path / "started0"
     try:
         _wait_for(marker, proc)
         os.killpg(proc.pid, sig)  # trainer and workers at once
@@ -89,4 +97,31 @@ def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_smal
     assert "Traceback" not in err and "killed by signal" not in err, err
     state = load_checkpoint(tmp_path / "log" / "snapshot" / "interrupted.pth")
     assert state["next_epoch"] == 0 and 1 <= state["next_iter"] < 5000
+    assert "resume with: -c" in out
+
+
+@pytest.mark.slow
+def test_signal_to_a_torchrun_job_writes_interrupted_on_every_rank(toy_voc_small, tmp_path):
+    script = tmp_path / "train_marked.py"
+    script.write_text(CHILD)
+    marker = tmp_path / "started"
+    args = [a for a in _args(toy_voc_small, tmp_path) if not a.startswith("--batch_size")]
+    proc = _start(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            str(script), str(marker), *args, "--batch_size=4",
+        ]
+    )  # fmt: skip
+    try:
+        _wait_for(tmp_path / "started0", proc)
+        _wait_for(tmp_path / "started1", proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun, both ranks and their workers
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    state = load_checkpoint(tmp_path / "log" / "snapshot" / "interrupted.pth")
+    assert state["next_epoch"] == 0 and 1 <= state["next_iter"] < 5000
+    assert len(state["rng"]) == 2  # both ranks took part in the save
+    assert "killed by signal" not in err and "DataLoader worker" not in err, err
     assert "resume with: -c" in out
