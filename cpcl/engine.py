@@ -52,6 +52,8 @@ from .runlog import Scalars, setup_logger, write_run_info
 from .snapshots import load_training_state, rng_state, save_training_state, snapshot_due
 
 AMP_MODES = ("none", "bf16", "fp16")
+# Snapshots that are always complete (resume reads them), whatever C.snapshot_weights_only says.
+RESUME_NAMES = ("epoch-last.pth", "interrupted.pth")
 # The keys `train_step` returns when called the old way (method given by name): every term of
 # sup/CPS/CPCL, 0 where it does not apply.
 LEGACY_KEYS = (
@@ -425,7 +427,6 @@ def _fit(
     log = setup_logger(C.log_dir, is_main=info.is_main)
     if info.is_main:
         remove_stale_temps(C.snapshot_dir)  # left by a save that was killed (logged)
-    if info.is_main:
         write_run_info(C.log_dir, C, argv)
         log.info("config values not from the dataset preset: %s", describe_sources(C, argv))
     per_rank_batch = C.batch_size // info.world_size
@@ -494,7 +495,7 @@ def _fit(
             config=to_plain(C),
             version=__version__,
             # Numbered snapshots may be weights-only; epoch-last.pth / interrupted.pth resume.
-            weights_only=bool(C.snapshot_weights_only) and name.split("-")[-1][0].isdigit(),
+            weights_only=bool(C.snapshot_weights_only) and name not in RESUME_NAMES,
         )
         return path
 

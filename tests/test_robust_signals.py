@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN
 
 from cpcl.checkpoint import load_checkpoint
 
@@ -52,18 +53,12 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> N
 
 
 def _args(toy: Path, run: Path) -> list[str]:
+    # The tiny run, made long (it is stopped long before its end) and with loader workers;
+    # later --key=value arguments win.
     return [
-        "--backbone=resnet18",
-        "--pretrained_model=None",
-        "--batch_size=2",
-        "--image_height=32",
-        "--image_width=32",
-        "--nepochs=2",
+        *TINY_TRAIN,
         "--niters_per_epoch=5000",
         "--num_workers=2",
-        "--num_classes=4",
-        "--labeled_ratio=4",
-        "--device=cpu",
         f"--dataset_path={toy}",
         f"--log_dir={run / 'log'}",
     ]
