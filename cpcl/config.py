@@ -192,6 +192,95 @@ def apply_method_defaults(C: EasyDict, keep: Iterable[str] = ()) -> EasyDict:
     return C
 
 
+# Spellings other tools use for our keys (checked before the fuzzy match, which would answer
+# --learning_rate with --eval_stride_rate). The value is a key or a hint for a CLI option.
+KEY_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "base_lr": "lr",
+    "epochs": "nepochs",
+    "num_epochs": "nepochs",
+    "n_epochs": "nepochs",
+    "max_epochs": "nepochs",
+    "epoch": "nepochs",
+    "batch": "batch_size",
+    "bs": "batch_size",
+    "batchsize": "batch_size",
+    "train_batch_size": "batch_size",
+    "workers": "num_workers",
+    "num_worker": "num_workers",
+    "n_workers": "num_workers",
+    "wd": "weight_decay",
+    "data": "dataset_path",
+    "data_root": "dataset_path",
+    "data_dir": "dataset_path",
+    "dataset": "dataset_path",
+    "root": "dataset_path",
+    "ratio": "labeled_ratio",
+    "label_ratio": "labeled_ratio",
+    "arch": "backbone",
+    "model": "backbone",
+    "encoder": "backbone",
+    "crop_size": "image_height and --image_width",
+    "crop": "image_height and --image_width",
+    "gpu": "device",
+    "gpus": "device",
+    "iters": "niters_per_epoch",
+    "iters_per_epoch": "niters_per_epoch",
+    "num_iters": "niters_per_epoch",
+    "pretrained": "pretrained_model",
+    "weights": "pretrained_model",
+    "output_dir": "log_dir",
+    "out": "log_dir",
+    "save_dir": "snapshot_dir",
+    "checkpoint_dir": "snapshot_dir",
+    "ckpt_dir": "snapshot_dir",
+    "fp16": "amp=fp16",
+    "bf16": "amp=bf16",
+    "mixed_precision": "amp",
+    "lambda": "unsup_weight",
+    "unsup_loss_weight": "unsup_weight",
+    "classes": "num_classes",
+    "n_classes": "num_classes",
+}
+# Options that are not config keys.
+_OPTION_ALIASES = {
+    "resume": "-c CKPT (resume from a checkpoint)",
+    "checkpoint": "-c CKPT (resume from a checkpoint)",
+    "ckpt": "-c CKPT (resume from a checkpoint)",
+    "continue": "-c CKPT (resume from a checkpoint)",
+}
+
+
+def _suggest(key: str, C: EasyDict) -> str:
+    """`; did you mean --x?` for an unknown key: known spellings first, then close matches."""
+    norm = key.strip().lower().replace("-", "_")
+    if norm in C and norm != key:
+        return f"; did you mean --{norm}? (keys use underscores)"
+    if norm in _OPTION_ALIASES:
+        return f"; did you mean {_OPTION_ALIASES[norm]}?"
+    if norm in KEY_ALIASES:
+        return f"; did you mean --{KEY_ALIASES[norm]}?"
+    close = difflib.get_close_matches(norm, list(C.keys()), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+
+
+def key_help(C: EasyDict) -> str:
+    """Every key of `C` with its value and one line of meaning (the `train.py --help` table).
+
+    The lines come from `cpcl/presets/keys.py` and the method's `config_help`.
+    """
+    from .presets.keys import KEY_HELP
+
+    helps = {**KEY_HELP, **_method_class(C.method).config_help} if "method" in C else KEY_HELP
+    width = max(len(k) for k in C) + 2
+    lines = []
+    for key in sorted(C):
+        value = C[key]
+        shown = "None (derived)" if value is None and key in _DERIVED else repr(value)
+        lines.append(f"  --{key:<{width}} {helps.get(key, '(no description)')} [{shown}]")
+    return "\n".join(lines)
+
+
 def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
     """Apply the method defaults, then `--key=value` strings, to a copy of `C`.
 
@@ -206,9 +295,7 @@ def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
     apply_method_defaults(C, keep=[key for key, _ in pairs])
     for key, text in pairs:
         if key not in C:
-            close = difflib.get_close_matches(key, list(C.keys()), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key --{key}{hint}")
+            raise ConfigError(f"unknown config key --{key}{_suggest(key, C)}")
         C[key] = parse_value(key, text, C[key])
     validate(C)
     return C

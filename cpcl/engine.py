@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .amp import check_amp
-from .config import apply_overrides, describe_sources, finalize, to_plain
+from .config import apply_overrides, describe_sources, finalize, key_help, to_plain
 from .data.datasets import build_dataset
 from .data.loaders import build_train_loader
 from .data.splits import check_disjoint
@@ -45,6 +46,7 @@ from .dist import (
     maybe_sync_batchnorm,
 )
 from .errors import CpclError
+from .fileio import ensure_writable_dir, remove_stale_temps
 from .methods import Method, StepInfo, get_method, method_names
 from .models import Network  # noqa: F401  (re-export: engine.Network)
 from .optim import set_lr
@@ -52,6 +54,8 @@ from .runlog import Scalars, setup_logger, write_run_info
 from .snapshots import load_training_state, rng_state, save_training_state, snapshot_due
 
 AMP_MODES = ("none", "bf16", "fp16")
+# Snapshots that are always complete (resume reads them), whatever C.snapshot_weights_only says.
+RESUME_NAMES = ("epoch-last.pth", "interrupted.pth")
 # The keys `train_step` returns when called the old way (method given by name): every term of
 # sup/CPS/CPCL, 0 where it does not apply.
 LEGACY_KEYS = (
@@ -191,6 +195,11 @@ def train_step(
 # ---------------------------------------------------------------------------------------------
 
 
+def epoch_label(epoch: int, nepochs: int) -> str:
+    """`epoch-1 (2/2)`: the 0-based number of the snapshot name epoch-N.pth, then the progress."""
+    return f"epoch-{epoch} ({epoch + 1}/{nepochs})"
+
+
 class NonFiniteLossError(CpclError):
     """A loss became NaN or inf; the message names the iteration and every loss part."""
 
@@ -298,10 +307,27 @@ class _Meter:
                 f"{k}={v:.6g}" for k, v in zip(self.keys, self.bad_parts.tolist(), strict=True)
             )
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {it} (epoch {it // niters + 1}, iteration "
-                f"{it % niters + 1} of the epoch): {values}. Training stopped; the last saved "
+                f"non-finite loss at iteration {it} (epoch-{it // niters}, iteration "
+                f"{it % niters + 1} of {niters}): {values}. Training stopped; the last saved "
                 "checkpoint is kept. Try a lower C.lr, amp=none, or check the labels."
             )
+
+
+def _next_batch(batches: Any, stop: StopFlag | None) -> Any:
+    """The next batch, or None at the end of the epoch or when a stop request killed a worker.
+
+    Workers ignore SIGINT/SIGTERM (`cpcl.data.loaders.ignore_stop_signals`), but one killed
+    anyway (e.g. by a signal sent before it could ignore it on another platform) makes the
+    loader raise RuntimeError; after a stop request that simply ends the epoch early.
+    """
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except RuntimeError:
+        if stop is not None and stop.local:
+            return None
+        raise
 
 
 def train_one_epoch(
@@ -321,13 +347,14 @@ def train_one_epoch(
     bar = tqdm(
         total=niters,
         initial=start_iter,
-        desc=f"epoch {epoch + 1}/{loop.nepochs}",
+        desc=epoch_label(epoch, loop.nepochs),
         disable=not state.is_main,
         dynamic_ncols=True,
         leave=True,
     )
     done = start_iter
-    for batch in loader:
+    batches = iter(loader)
+    while (batch := _next_batch(batches, state.stop)) is not None:
         it = epoch * niters + done
         step = StepInfo(epoch, it, niters, loop.nepochs * niters)
         lr = method.set_lr(state.optimizers, step)
@@ -469,6 +496,8 @@ def _save(
         method_state=state.method.state_dict(),
         config=to_plain(C),
         version=__version__,
+        # Numbered snapshots may be weights-only; epoch-last.pth / interrupted.pth resume.
+        weights_only=bool(C.snapshot_weights_only) and name not in RESUME_NAMES,
     )
     return path
 
@@ -477,8 +506,13 @@ def _fit(
     C: Any, info: DistInfo, *, root: str | None, resume: str | None, argv: list[str] | None
 ) -> dict[str, Any]:
     C, labeled, unlabeled = resolve_run_config(C, root=root)
+    if info.is_main:
+        # Before any work: a read-only or forbidden output folder is a named error now, not
+        # a raw OSError after the first epoch (setup_logger checks the log folder).
+        ensure_writable_dir(C.snapshot_dir, "snapshot folder (C.snapshot_dir)")
     log = setup_logger(C.log_dir, is_main=info.is_main)
     if info.is_main:
+        remove_stale_temps(C.snapshot_dir)  # left by a save that was killed (logged)
         write_run_info(C.log_dir, C, argv)
         log.info("config values not from the dataset preset: %s", describe_sources(C, argv))
     model, loader, state = _build(C, info, log, labeled, unlabeled)
@@ -541,17 +575,17 @@ def _run_epochs(
                     rng=rng,
                 )
                 log.info(
-                    "stop requested: wrote %s (epoch %d, iteration %d); resume with -c",
+                    "stop requested: wrote %s (%s, iteration %d of %d); resume with -c",
                     path,
-                    epoch + 1,
+                    epoch_label(epoch, C.nepochs),
                     done,
+                    len(loader),
                 )
             summary["interrupted"] = True
             break
         log.info(
-            "epoch %d/%d: %s",
-            epoch + 1,
-            C.nepochs,
+            "%s: %s",
+            epoch_label(epoch, C.nepochs),
             " ".join(f"{k}={v:.4f}" for k, v in means.items()),
         )
         summary["epochs"].append(means)
@@ -563,6 +597,8 @@ def _run_epochs(
                 _save(
                     C, model, state, name, epoch=epoch, next_epoch=epoch + 1, next_iter=0, rng=rng
                 )
+            log.info("saved %s in %s", ", ".join(names), C.snapshot_dir)
+            summary["last_snapshot"] = os.path.join(C.snapshot_dir, names[-1])
         if C.eval_every and (epoch + 1) % C.eval_every == 0:
             summary["last_eval"] = _evaluate_during_training(
                 state.method.eval_net(model), C, info, state, epoch, log
@@ -581,7 +617,9 @@ def _run_epochs(
                     rng=rng,
                 )
                 log.info(
-                    "stop requested: wrote %s (end of epoch %d); resume with -c", path, epoch + 1
+                    "stop requested: wrote %s (end of %s); resume with -c",
+                    path,
+                    epoch_label(epoch, C.nepochs),
                 )
             summary["interrupted"] = True
             break
@@ -623,18 +661,42 @@ def _evaluate_during_training(
         world_size=info.world_size,
         progress=info.is_main,
     )
-    log.info("epoch %d: val mIoU %.2f%%", epoch + 1, 100 * result["miou"])
+    log.info("epoch-%d: val mIoU %.2f%%", epoch, 100 * result["miou"])
     if state.scalars is not None:
         state.scalars.add({"val/mIoU": result["miou"]}, epoch)
     return {"epoch": epoch, "miou": result["miou"]}
 
 
+def _help_config(C: Any, argv: Sequence[str]) -> str:
+    """The config table of `--help`, with the defaults of the method asked for (if valid)."""
+    methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
+    # An unknown method is reported when training starts; here C is shown as it is.
+    with contextlib.suppress(CpclError):
+        C = apply_overrides(C, [f"--method={m}" for m in methods[-1:]])
+    return key_help(C)
+
+
+def _finished(summary: dict[str, Any], rest: Sequence[str]) -> str:
+    """Where the snapshots went and the command that evaluates the last one."""
+    last = summary.get("last_snapshot")
+    lines = [f"snapshots: {summary['snapshot_dir']} (epoch-N.pth: N = 0-based epoch)"]
+    if last:
+        script = os.path.join(os.path.dirname(sys.argv[0]), "eval.py")
+        lines.append("evaluate:  " + shlex.join([sys.executable, script, "-e", last, *rest]))
+    return "\n".join(lines)
+
+
 def main(C: Any, argv: list[str] | None = None) -> int:
     """Command-line entry of `exp_*/train.py`: `[-c CKPT] [--key=value ...]`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description="Train a segmentation method (C.method: "
         + ", ".join(method_names())
-        + "). Any config key can be set with --key=value (see config.py).",
+        + "). Any config key below can be set with --key=value; values come from config.py. "
+        "Snapshots are named epoch-N.pth with N the 0-based epoch (official), plus "
+        "epoch-last.pth.",
+        epilog="config keys (--key=value; [current value]):\n" + _help_config(C, argv),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -643,7 +705,7 @@ def main(C: Any, argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         C = apply_overrides(C, rest)
-        summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *(argv or [])])
+        summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *argv])
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -652,4 +714,6 @@ def main(C: Any, argv: list[str] | None = None) -> int:
             "training interrupted; resume with: -c "
             + os.path.join(summary["snapshot_dir"], "interrupted.pth")
         )
+    else:
+        print(_finished(summary, rest))
     return 0

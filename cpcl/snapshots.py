@@ -6,6 +6,8 @@ of the method), `epoch` (the 0-based epoch the weights finished, official meanin
 `iteration`, then `next_epoch`, `next_iter` (where a resume continues, also mid-epoch),
 `scaler`, `rng` (every rank's Python/NumPy/torch generator states), `method_state` (the
 method's extra state, e.g. an EMA teacher; absent when empty), `config`, `cpcl_version`.
+A weights-only snapshot (`C.snapshot_weights_only`, numbered snapshots only) has
+`weights_only: True` and no optimiser, scaler or RNG states.
 Checkpoints written before `method_state` existed load unchanged.
 """
 
@@ -70,10 +72,19 @@ def save_training_state(
     method_state: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     version: str = "",
+    weights_only: bool = False,
 ) -> None:
-    """Write a resumable checkpoint (see the module docstring for the layout)."""
+    """Write a resumable checkpoint (see the module docstring for the layout).
+
+    `weights_only=True` leaves out the optimiser, GradScaler and RNG states (about half the
+    file: SGD keeps one momentum buffer per weight) and marks the file `weights_only`; it
+    evaluates like any snapshot but cannot resume training.
+    """
     extra: dict[str, Any] = {f"optimizer_{i}": opt for i, opt in enumerate(optimizers, 1)}
-    if method_state:
+    if weights_only:
+        extra = {"weights_only": True}
+        scaler, rng = None, None
+    if method_state:  # kept: it may hold weights (e.g. an EMA teacher that is evaluated)
         extra["method_state"] = dict(method_state)
     save_checkpoint(
         path,
@@ -106,6 +117,11 @@ def load_training_state(
     finished epoch: the run continues with the next one.
     """
     ckpt = load_checkpoint(path)
+    if ckpt.get("weights_only"):
+        raise CheckpointError(
+            f"{path} is a weights-only snapshot (C.snapshot_weights_only): it has no optimiser "
+            "state to resume from; resume from epoch-last.pth or interrupted.pth of that run"
+        )
     load_weights(model, ckpt)
     for i, opt in enumerate(optimizers, 1):
         if ckpt.get(f"optimizer_{i}") is None:
@@ -130,5 +146,5 @@ def load_training_state(
                     config.get(key),
                     old[key],
                 )
-        log.info("resumed from %s: epoch %d, iteration %d of it", path, next_epoch + 1, next_iter)
+        log.info("resumed from %s: epoch-%d, iteration %d of it", path, next_epoch, next_iter)
     return next_epoch, next_iter, dict(ckpt.get("method_state") or {})

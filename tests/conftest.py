@@ -128,3 +128,31 @@ class StopAfter:
         if self.calls == self.n:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
+
+
+# A tiny CPU training run on `toy_voc_small` (ResNet-18, 32x32 crops, 2 epochs x 3 iterations).
+TINY_TRAIN = (
+    "--backbone=resnet18",
+    "--pretrained_model=None",
+    "--batch_size=2",
+    "--image_height=32",
+    "--image_width=32",
+    "--nepochs=2",
+    "--niters_per_epoch=3",
+    "--num_workers=0",
+    "--snapshot_iter=1",
+    "--num_classes=4",
+    "--labeled_ratio=4",
+    "--display_iter=2",
+    "--device=cpu",
+)
+
+
+@pytest.fixture(scope="session")
+def toy_voc_small(tmp_path_factory) -> Path:
+    """A 16-image toy VOC dataset with 4 classes (for `TINY_TRAIN` runs)."""
+    from cpcl.data.toy import make_toy_voc
+
+    root = tmp_path_factory.mktemp("toy_voc")
+    make_toy_voc(root, n_train=16, n_val=4, height=40, width=48, num_classes=4, seed=0)
+    return root

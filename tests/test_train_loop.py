@@ -8,35 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAfter
+from conftest import TINY_TRAIN, StopAfter
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, load_preset
-from cpcl.data.toy import make_toy_voc
 
-TINY = [
-    "--backbone=resnet18",
-    "--pretrained_model=None",
-    "--batch_size=2",
-    "--image_height=32",
-    "--image_width=32",
-    "--nepochs=2",
-    "--niters_per_epoch=3",
-    "--num_workers=0",
-    "--snapshot_iter=1",
-    "--num_classes=4",
-    "--labeled_ratio=4",
-    "--display_iter=2",
-    "--device=cpu",
-]
+TINY = list(TINY_TRAIN)
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy_voc")
-    make_toy_voc(root, n_train=16, n_val=4, height=40, width=48, num_classes=4, seed=0)
-    return root
+def toy_root(toy_voc_small) -> Path:
+    return toy_voc_small
 
 
 def _config(toy_root: Path, run: Path, *extra: str):
@@ -67,7 +50,7 @@ def test_main_trains_and_writes_official_snapshots_and_logs(toy_root, tmp_path, 
     assert json.loads((log_dir / "config.json").read_text())["num_classes"] == 4
     assert "git:" in (log_dir / "run_info.txt").read_text()
     text = next(log_dir.glob("train_*.log")).read_text()
-    assert "epoch 2/2: loss=" in text and "overlap=" in text
+    assert "epoch-1 (2/2): loss=" in text and "overlap=" in text
     assert any((log_dir / "tb").iterdir())
 
 
@@ -122,7 +105,7 @@ def test_non_finite_loss_stops_with_iteration_and_parts(toy_root, tmp_path, monk
     with pytest.raises(engine.NonFiniteLossError) as err:
         engine.fit(C, root=str(tmp_path))
     msg = str(err.value)
-    assert "non-finite loss at iteration 4 (epoch 2, iteration 2 of the epoch)" in msg
+    assert "non-finite loss at iteration 4 (epoch-1, iteration 2 of 3)" in msg
     assert "loss_unsup_union=nan" in msg and "loss_sup_1=" in msg
     # The checkpoint of the last finished epoch is kept.
     state = load_checkpoint(tmp_path / "log" / "snapshot" / "epoch-last.pth")

@@ -131,6 +131,22 @@ def resolve_class_names(
     return official + tuple(f"class_{k}" for k in range(len(official), num_classes))
 
 
+def missing_data_help(dataset_name: str | None) -> str:
+    """The expected folder tree and the two ways forward, for a dataset that is not there."""
+    from ..presets.toy import exp_voc_toy_commands
+
+    make, train = exp_voc_toy_commands()
+    return (
+        f"expected this folder tree:\n{expected_tree(dataset_name)}\n"
+        "two ways forward:\n"
+        "  1. get the dataset as README.md (section Datasets) describes and put it there, or "
+        "point --dataset_path at it;\n"
+        "  2. or try everything on the built-in toy data first: `python scripts/quickstart.py` "
+        "from the repository root (about 3 min on a CPU), or in exp_voc/:\n"
+        f"       {make}\n       {train}"
+    )
+
+
 def expected_tree(dataset_name: str | None) -> str:
     """Human-readable folder tree expected under the dataset root (for error messages)."""
     if dataset_name is None:
@@ -300,11 +316,13 @@ class SegDataset:
             )
         if not os.path.isdir(self.root):
             raise DataError(
-                f"dataset root not found: {self.root}\nexpected this folder tree:\n"
-                f"{expected_tree(dataset_name)}"
+                f"dataset root not found: {self.root}\n{missing_data_help(dataset_name)}"
             )
         if not os.path.isfile(self.list_path):
-            raise DataError(f"split list not found: {self.list_path} (dataset root {self.root})")
+            raise DataError(
+                f"split list not found: {self.list_path} (dataset root {self.root})\n"
+                f"{missing_data_help(dataset_name)}"
+            )
         split = parse_split(self.list_path, layout=layout, root=self.root)
         self.format = split.format
         self.lines: list[int] = split.lines
@@ -325,12 +343,12 @@ class SegDataset:
                     f"({len(missing_label)} such lines)"
                 )
         self.names: list[str] = [Path(img).stem for img, _ in self.entries]
-        self._check_files()
+        self._check_files(dataset_name)
 
     def _where(self, i: int) -> str:
         return f"listed in {self.list_path}, line {self.lines[i]}"
 
-    def _check_files(self) -> None:
+    def _check_files(self, dataset_name: str | None) -> None:
         for kind, col in (("image", 0), ("label", 1)):
             missing = [
                 i
@@ -342,6 +360,8 @@ class SegDataset:
                 more = (
                     f" ({len(missing)} of {len(self)} {kind}s missing)" if len(missing) > 1 else ""
                 )
+                if len(missing) == len(self):  # none there at all: the data was never copied
+                    more += f"\n{missing_data_help(dataset_name)}"
                 raise DataError(
                     f"{kind} not found: {self.entries[i][col]} ({self._where(i)}){more}"
                 )

@@ -23,7 +23,9 @@ Differences from the official code, all in the direction of what it evidently in
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -267,8 +269,40 @@ class _WorkerInit:
         self.seed, self.rank, self.sampler = seed, rank, sampler
 
     def __call__(self, worker_id: int) -> None:
+        ignore_stop_signals()
         # The sampler state was copied into the worker when it started: its epoch is current.
         seed_worker(self.seed, self.sampler.epoch, self.rank, worker_id)
+
+
+# Ctrl-C in a terminal, `timeout` and Slurm preemption signal the whole process group,
+# workers included. Only the main process decides how a run stops (it writes interrupted.pth):
+# workers start with these signals blocked and ignore them from their first instruction on.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals() -> None:
+    """In a loader worker: ignore SIGINT/SIGTERM (pending ones are dropped), then unblock them."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT/SIGTERM while worker processes are started, so that they inherit the block.
+
+    A signal that arrives meanwhile stays pending and reaches the main process's handler when
+    the block ends; in a worker it is dropped by `ignore_stop_signals`.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to worry about
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class TrainLoader:
@@ -323,7 +357,9 @@ class TrainLoader:
             s.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self._loader:
+        with stop_signals_blocked():  # workers (re)start here
+            batches = iter(self._loader)
+        for batch in batches:
             if isinstance(batch, _Failure):
                 raise DataError(batch.message)
             yield batch

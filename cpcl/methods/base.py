@@ -22,6 +22,7 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   where every value came from; the run log prints it).
 * `config_keys`: new config keys of the method with their defaults (prefix them with the
   method name, e.g. `u2pl_ema_decay`); they are added to `C` so `--key=value` works.
+  `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
 * `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
 * `from_config(C, per_rank_batch=...)`: build the method object; read every value it needs
   from `C` here, once (the object then holds small settings, never `C`).
@@ -88,6 +89,8 @@ class Method:
     config_keys: ClassVar[Mapping[str, Any]] = {}
     # Batch keys `forward_loss` reads; `train_step` names the missing ones in its error.
     batch_keys: ClassVar[tuple[str, ...]] = ()
+    # One line of meaning per key of `config_keys` (shown by `train.py --help`).
+    config_help: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def check_config(cls, C: Any) -> None:

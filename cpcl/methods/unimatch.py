@@ -125,6 +125,13 @@ class UniMatch(Method):
         "unimatch_mix_partner": "same",
         "unimatch_eval_mode": "evaluator",
     }
+    config_help: ClassVar[Mapping[str, str]] = {
+        "unimatch_conf_thresh": "confidence threshold of the unlabeled losses (0.95 VOC, 0 Cityscapes)",
+        "unimatch_lr_multi": "lr multiplier of every non-backbone parameter (10 VOC, 1 Cityscapes)",
+        "unimatch_scale_range": "random resize range of the weak view (official (0.5, 2.0))",
+        "unimatch_mix_partner": "CutMix partner: same (official: same image, new augmentation) | different",
+        "unimatch_eval_mode": "evaluator (ours) | original | sliding_window (UniMatch's own protocol)",
+    }
 
     def __init__(
         self,

@@ -3,7 +3,16 @@
 `None` marks a value derived later by `cpcl.config.finalize` unless the user sets it.
 """
 
+import os
+
 from easydict import EasyDict
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm or container limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def defaults() -> EasyDict:
@@ -48,7 +57,8 @@ def defaults() -> EasyDict:
     C.bn_momentum = 0.1
     C.warm_up_epoch = 0
     C.train_scale_array = (0.5, 0.75, 1, 1.5, 1.75, 2.0)
-    C.num_workers = 4
+    # Official 4, but never more than the CPUs we may use (PyTorch warns above that).
+    C.num_workers = min(4, usable_cpus())
     C.num_train_imgs = None
     C.num_unsup_imgs = None
     C.max_samples = None
@@ -73,6 +83,9 @@ def defaults() -> EasyDict:
 
     # --- snapshots and display ---
     C.snapshot_iter = 2
+    # True: numbered snapshots epoch-N.pth hold the weights only (about 1/2 the size);
+    # epoch-last.pth and interrupted.pth stay complete for resuming.
+    C.snapshot_weights_only = False
     C.record_info_iter = 20
     C.display_iter = 50
     return C

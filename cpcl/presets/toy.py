@@ -45,6 +45,16 @@ QUICKSTART_OVERRIDES = (
     "--eval_crop_size=144",
 )
 
+
+def exp_voc_toy_commands() -> tuple[str, str]:
+    """The two commands, run in exp_voc/, that train exp_voc/train.py on the toy data: write
+    DATA/toy_voc (the quickstart's dataset), then train with the quickstart's settings."""
+    return (
+        "python ../scripts/make_toy_data.py",
+        "python train.py --dataset_path=../DATA/toy_voc " + " ".join(QUICKSTART_OVERRIDES),
+    )
+
+
 # --- semi-supervised benchmark (scripts/bench_semisup.py) ---
 SEMISUP_DATA = dict(TOY_DATA, n_train=128, vary_size=True, seed=0)
 PRETRAIN = dict(backbone="resnet18", iters=400, batch_size=16, size=64, lr=0.05, seed=0)
