@@ -23,8 +23,12 @@ from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method
 from cpcl.methods.u2pl import U2PL, U2PLEvalNet
 from cpcl.methods.u2pl_presets import U2PL_CITYSCAPES_744, U2PL_VOC_1464
 
-# Tiny contrastive settings so the banks fill within a few iterations of 32x32 crops.
+# Tiny contrastive settings so that the banks fill and the contrastive loss is non-zero
+# within a few iterations of 32x32 crops of 4 classes (negatives: classes ranked 1.., high
+# entropy: the upper half).
 SMALL_CONTRA = [
+    "--u2pl_low_rank=1",
+    "--u2pl_low_entropy_threshold=50",
     "--u2pl_num_queries=8",
     "--u2pl_num_negatives=4",
     "--u2pl_queue_size=64",
@@ -151,6 +155,7 @@ def test_both_phases_run_and_state_is_complete(reference_run):
     epochs = reference_run["summary"]["epochs"]
     assert epochs[0]["loss_unsup"] == 0 and epochs[0]["loss_contra"] == 0  # supervised only
     assert epochs[1]["loss_unsup"] > 0 and epochs[2]["loss_unsup"] > 0
+    assert epochs[1]["loss_contra"] > 0 and epochs[2]["loss_contra"] > 0
     assert epochs[2]["drop_percent"] > epochs[1]["drop_percent"] > epochs[0]["drop_percent"]
     assert sum(q.shape[0] for q in reference_run["bank"]["queues"]) > 0
     student, teacher = reference_run["model"], reference_run["teacher"]
