@@ -1,14 +1,18 @@
-"""Semi-supervised gain on the toy data: `sup` vs `cps` vs `cpcl` through the same engine.
+"""Semi-supervised gain on the toy data: `sup` vs `cps` vs `cpcl` vs `u2pl` through the same engine.
 
-    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl] [--jobs N] [--key=value ...]
+    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl u2pl] [--jobs N] [--key=value ...]
 
 Protocol (`cpcl.presets.toy`: SEMISUP_DATA, SEMISUP_OVERRIDES, PRETRAIN):
 1. the semi-supervised toy set (1/8 of its training images labeled) is written once;
 2. a ResNet-18 backbone is pre-trained once on the *other* toy shapes (`cpcl.toy_pretrain`,
    the stand-in for ImageNet weights; cached);
 3. every (method, seed) run starts from that backbone with the same schedule and differs only
-   in `C.method` and `C.seed` (head init, sampling, CutMix boxes); its last snapshot is
-   evaluated on the toy validation set with the official evaluator (branch 1).
+   in `C.method` and `C.seed` (head init, sampling, CutMix boxes); the schedule keys set
+   here (lr, batch, crop, epochs, iterations) override each method's official defaults, the
+   method's own keys keep theirs (U2PL: the first of the 2 epochs supervised only, decoder
+   lr x10, EMA teacher, contrastive memory banks). Its last snapshot is evaluated on the toy
+   validation set with the official evaluator on the method's evaluated network
+   (`eval_net_from_checkpoint`: branch 1 for sup/CPS/CPCL, the U2PL teacher).
 
 On a CPU the runs go to `--jobs` parallel processes with cpu_count/jobs threads each, because
 two single-thread processes train about twice as fast as one two-thread process on small
@@ -31,10 +35,13 @@ from typing import IO
 
 import torch
 
+from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.data.datasets import build_dataset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate import evaluate_snapshot
+from cpcl.evaluate import eval_settings, evaluate_dataset
+from cpcl.methods import eval_net_from_checkpoint, method_names
 from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES
 from cpcl.toy_pretrain import pretrain_toy_backbone
 
@@ -60,7 +67,12 @@ def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: l
     )
     summary = fit(C, root=out)
     snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
-    result = evaluate_snapshot(finalize(C, root=out), snapshot, device=device, progress=False)
+    C = finalize(C, root=out)
+    net = eval_net_from_checkpoint(C, load_checkpoint(snapshot), device)
+    settings = {**eval_settings(C), "branch": "1"}  # `net` is already the evaluated network
+    result = evaluate_dataset(
+        net, build_dataset(C, "val"), device=device, progress=False, **settings
+    )
     return float(result["miou"])
 
 
@@ -121,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=["sup", "cps", "cpcl"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["sup", "cps", "cpcl", "u2pl"], choices=method_names()
+    )
     parser.add_argument("--data", default=str(REPO / "DATA" / "toy_voc_semisup"))
     parser.add_argument("--backbone", default=str(REPO / "DATA" / "toy_pretrain" / "resnet18.pth"))
     cpu_jobs = min(os.cpu_count() or 1, 6)
