@@ -185,9 +185,7 @@ class U2PLNet(nn.Module):
     ) -> None:
         super().__init__()
         if backbone not in _LAYERS:
-            raise CpclError(
-                f"U2PLNet backbone={backbone!r}: expected one of {', '.join(_LAYERS)}"
-            )
+            raise CpclError(f"U2PLNet backbone={backbone!r}: expected one of {', '.join(_LAYERS)}")
         if int(num_classes) < 2:
             raise CpclError(f"U2PLNet num_classes={num_classes!r}: expected >= 2")
         block, layers = _LAYERS[backbone]
