@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -109,3 +110,20 @@ def det_network(det_weights, golden_dir: Path, keys_file: str):
     model = Network(shapes["branch1.classifier.weight"][0], _LAYER3_DEPTH[depth])
     model.load_state_dict(det_weights.det_state_dict(keys), strict=True)
     return model
+
+
+class StopAfter:
+    """Wraps `cpcl.engine.train_step` and sends SIGTERM to this process after `n` calls
+    (a preemption); install it with `monkeypatch.setattr(engine, "train_step", StopAfter(n))`."""
+
+    def __init__(self, n: int) -> None:
+        import cpcl.engine as engine
+
+        self.n, self.calls, self.real = n, 0, engine.train_step
+
+    def __call__(self, *args, **kwargs):
+        out = self.real(*args, **kwargs)
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out

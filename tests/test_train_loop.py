@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import StopAfter
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
@@ -71,20 +71,6 @@ def test_main_trains_and_writes_official_snapshots_and_logs(toy_root, tmp_path, 
     assert any((log_dir / "tb").iterdir())
 
 
-class _StopAfter:
-    """Wraps train_step and sends SIGTERM to this process after `n` calls (preemption)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls, self.real = n, 0, engine.train_step
-
-    def __call__(self, *args, **kwargs):
-        out = self.real(*args, **kwargs)
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-
 @pytest.fixture(scope="module")
 def reference_run(toy_root, tmp_path_factory) -> dict[str, torch.Tensor]:
     """Final weights of an uninterrupted 2-epoch run."""
@@ -100,7 +86,7 @@ def test_interrupt_then_resume_reproduces_uninterrupted_run(
 ):
     reference = reference_run
 
-    monkeypatch.setattr(engine, "train_step", _StopAfter(stop_after))
+    monkeypatch.setattr(engine, "train_step", StopAfter(stop_after))
     part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
     assert part["interrupted"]
     snap = Path(part["snapshot_dir"])

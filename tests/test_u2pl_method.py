@@ -5,7 +5,6 @@ banks), and two gloo ranks that keep parameters, teacher and banks identical."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import StopAfter
 
 import cpcl.engine as engine
 from cpcl import dist as cdist
@@ -113,20 +113,6 @@ def _config(toy_root: Path, run: Path, *extra: str):
     return apply_overrides(load_preset("voc"), args)
 
 
-class _StopAfter:
-    """Wraps train_step and sends SIGTERM to this process after `n` calls (preemption)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls, self.real = n, 0, engine.train_step
-
-    def __call__(self, *args, **kwargs):
-        out = self.real(*args, **kwargs)
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-
 def _state(path: Path) -> dict:
     ckpt = load_checkpoint(path)
     ms = ckpt["method_state"]
@@ -167,7 +153,7 @@ def test_both_phases_run_and_state_is_complete(reference_run):
 
 
 def test_interrupt_mid_epoch_then_resume_is_exact(toy_root, tmp_path, monkeypatch, reference_run):
-    monkeypatch.setattr(engine, "train_step", _StopAfter(5))  # inside the EMA epoch
+    monkeypatch.setattr(engine, "train_step", StopAfter(5))  # inside the EMA epoch
     part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
     assert part["interrupted"]
     snap = Path(part["snapshot_dir"])
