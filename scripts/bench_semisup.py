@@ -1,15 +1,18 @@
-"""Semi-supervised gain on the toy data: `sup` vs `cps` vs `cpcl` vs `unimatch`, same engine.
+"""Semi-supervised gain on the toy data: `sup`, `cps`, `cpcl`, `u2pl`, `unimatch`, same engine.
 
-    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl unimatch] [--jobs N] [--key=value ...]
+    python scripts/bench_semisup.py [--seeds 0 1] [--methods sup cps cpcl u2pl unimatch] [--jobs N] [--key=value ...]
 
 Protocol (`cpcl.presets.toy`: SEMISUP_DATA, SEMISUP_OVERRIDES, PRETRAIN):
 1. the semi-supervised toy set (1/8 of its training images labeled) is written once;
 2. a ResNet-18 backbone is pre-trained once on the *other* toy shapes (`cpcl.toy_pretrain`,
    the stand-in for ImageNet weights; cached);
 3. every (method, seed) run starts from that backbone with the same schedule and differs only
-   in `C.method` and `C.seed` (head init, sampling, CutMix boxes); its last snapshot is
-   evaluated on the toy validation set with the official evaluator (branch 1; for UniMatch
-   its one network, `eval_net`).
+   in `C.method` and `C.seed` (head init, sampling, CutMix boxes); the schedule keys set
+   here (lr, batch, crop, epochs, iterations) override each method's official defaults, the
+   method's own keys keep theirs (U2PL: the first of the 2 epochs supervised only, decoder
+   lr x10, EMA teacher, contrastive memory banks). Its last snapshot is evaluated on the toy
+   validation set with the official evaluator on the method's evaluated network
+   (`eval_net_from_checkpoint`: branch 1 for sup/CPS/CPCL, the U2PL teacher).
 
 UniMatch runs with the same data, crops, batch, iterations and backbone; its own recipe keeps
 the official 10x head multiplier (`unimatch_lr_multi`), so `METHOD_OVERRIDES` sets its backbone
@@ -37,13 +40,11 @@ from typing import IO
 
 import torch
 
-from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, finalize, load_preset
-from cpcl.data.datasets import build_dataset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate import eval_settings, evaluate_dataset, evaluate_snapshot
-from cpcl.methods import eval_net_from_checkpoint, method_names
+from cpcl.evaluate import evaluate_snapshot
+from cpcl.methods import method_names
 from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES
 from cpcl.toy_pretrain import pretrain_toy_backbone
 
@@ -51,8 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_SEMISUP_RESULT "
 # Per-method additions to SEMISUP_OVERRIDES (see the module docstring).
 METHOD_OVERRIDES: dict[str, tuple[str, ...]] = {"unimatch": ("--lr=0.005",)}
-# Methods whose snapshot is the CPCL two-branch network (evaluated through evaluate_snapshot).
-TWO_BRANCH = ("sup", "cps", "cpcl")
 
 
 def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: list[str]) -> float:
@@ -75,14 +74,8 @@ def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: l
     summary = fit(C, root=out)
     snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
     C = finalize(C, root=out)
-    if method in TWO_BRANCH:
-        result = evaluate_snapshot(C, snapshot, device=device, progress=False)
-    else:  # any other method: its eval_net through the same evaluator
-        net = eval_net_from_checkpoint(C, load_checkpoint(snapshot), device)
-        settings = {**eval_settings(C), "branch": "1"}
-        result = evaluate_dataset(
-            net, build_dataset(C, "val"), device=device, progress=False, **settings
-        )
+    # The method's evaluated network (`eval_net`: branch 1 for sup/CPS/CPCL, the U2PL teacher).
+    result = evaluate_snapshot(C, snapshot, device=device, progress=False)
     return float(result["miou"])
 
 
@@ -144,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
-        "--methods", nargs="+", choices=method_names(), default=["sup", "cps", "cpcl", "unimatch"]
+        "--methods",
+        nargs="+",
+        choices=method_names(),
+        default=["sup", "cps", "cpcl", "u2pl", "unimatch"],
     )
     parser.add_argument("--data", default=str(REPO / "DATA" / "toy_voc_semisup"))
     parser.add_argument("--backbone", default=str(REPO / "DATA" / "toy_pretrain" / "resnet18.pth"))

@@ -85,8 +85,16 @@ def test_checkpoint_keys_and_errors(tmp_path):
         load_u2pl_checkpoint(teacher, tmp_path / "ckpt.pth", key="student")
     with pytest.raises(CheckpointError, match="auxor"):
         load_u2pl_checkpoint(U2PLNet(3, "resnet50", aux_loss=True), tmp_path / "ckpt.pth")
-    with pytest.raises(CpclError, match="resnet18"):
-        U2PLNet(3, "resnet18")
+    with pytest.raises(CpclError, match="resnet152"):
+        U2PLNet(3, "resnet152")
+
+
+def test_resnet18_extension_shapes():
+    net = U2PLNet(3, "resnet18", aux_loss=True).eval()
+    out = net(torch.randn(1, 3, 33, 33))
+    assert out["pred"].shape == (1, 3, 9, 9) and out["rep"].shape == (1, 256, 9, 9)
+    assert out["aux"].shape == (1, 3, 5, 5)
+    assert net.decoder.low_conv[0].in_channels == 64 and net.auxor.aux[0].in_channels == 256
 
 
 def test_imagenet_file_layout(tmp_path):

@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "cpcl": "cpcl",
     "cps": "cps",
     "sup": "sup",
+    "u2pl": "u2pl",
     "unimatch": "unimatch",
 }
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_backbone_weights, load_checkpoint, load_weights, unwrap
 from ..errors import CheckpointError, CpclError
-from .resnet import Bottleneck, ResNet, dilated_layout
+from .resnet import BasicBlock, Bottleneck, ResNet, dilated_layout
 
 __all__ = [
     "U2PLASPP",
@@ -46,7 +46,14 @@ __all__ = [
     "load_u2pl_imagenet",
 ]
 
-_LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+# Official: ResNet-50/101 (Bottleneck). ResNet-18/34 (BasicBlock, same layout and key names
+# per block type) are a small-model extension for the toy data and the tests.
+_LAYERS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1, bias: bool = False):
@@ -104,11 +111,13 @@ class U2PLDecoder(nn.Module):
         inner_planes: int = 256,
         dilations: Sequence[int] = (12, 24, 36),
         rep_head: bool = True,
+        low_planes: int = 256,
     ) -> None:
         super().__init__()
         self.rep_head = rep_head
         # Registration order = official state-dict order: low_conv, aspp, head, classifier, rep.
-        self.low_conv = nn.Sequential(*_conv_bn_relu(256, 256, 1, bias=True))
+        # `low_planes`: layer1 channels (256 officially; 64 for the ResNet-18/34 extension).
+        self.low_conv = nn.Sequential(*_conv_bn_relu(low_planes, 256, 1, bias=True))
         self.aspp = U2PLASPP(in_planes, inner_planes, dilations)
         self.head = nn.Sequential(*_conv_bn_relu(self.aspp.out_planes, 256, 3), nn.Dropout2d(0.1))
         self.classifier = _two_conv_head(num_classes)
@@ -151,9 +160,11 @@ class U2PLNet(nn.Module):
 
     Args:
         num_classes: 21 (VOC) or 19 (Cityscapes).
-        backbone: "resnet101" (official) or "resnet50".
+        backbone: "resnet101" (official), "resnet50", or "resnet18" / "resnet34" (BasicBlock
+            trunk of the same layout, not official: small runs on the toy data and tests).
         aux_loss: add the layer3 auxiliary head `auxor` (Cityscapes config).
-        aux_planes: input channels of the auxiliary head (official 1024, layer3).
+        aux_planes: input channels of the auxiliary head (official 1024, layer3; None: the
+            layer3 width of the backbone).
         inner_planes, dilations: ASPP width and rates (official 256, (12, 24, 36)).
         rep_head: build the representation head (`rep` output; always on in `ours`).
         zero_init_residual: zero the last BN weight of each block before any weights are
@@ -166,7 +177,7 @@ class U2PLNet(nn.Module):
         backbone: str = "resnet101",
         *,
         aux_loss: bool = False,
-        aux_planes: int = 1024,
+        aux_planes: int | None = None,
         inner_planes: int = 256,
         dilations: Sequence[int] = (12, 24, 36),
         rep_head: bool = True,
@@ -174,16 +185,15 @@ class U2PLNet(nn.Module):
     ) -> None:
         super().__init__()
         if backbone not in _LAYERS:
-            raise CpclError(
-                f"U2PLNet backbone={backbone!r}: expected one of {', '.join(_LAYERS)} "
-                "(the decoder's low_conv needs a 256-channel Bottleneck layer1)"
-            )
+            raise CpclError(f"U2PLNet backbone={backbone!r}: expected one of {', '.join(_LAYERS)}")
         if int(num_classes) < 2:
             raise CpclError(f"U2PLNet num_classes={num_classes!r}: expected >= 2")
-        layers = _LAYERS[backbone]
-        strides, dils = dilated_layout(layers, [False, True, True], multi_grid=[2, 2, 4])
+        block, layers = _LAYERS[backbone]
+        # Official multi-grid [2, 2, 4]; the 2-block layer4 of ResNet-18 takes its first two.
+        grid = [2, 2, 4][: layers[3]]
+        strides, dils = dilated_layout(layers, [False, True, True], multi_grid=grid)
         self.encoder = ResNet(
-            Bottleneck,
+            block,
             layers,
             deep_stem=True,
             stem_width=64,
@@ -195,10 +205,14 @@ class U2PLNet(nn.Module):
             for m in self.encoder.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+        widths = self.encoder.out_channels
         self.decoder = U2PLDecoder(
-            self.encoder.out_channels[-1], num_classes, inner_planes, dilations, rep_head
+            widths[-1], num_classes, inner_planes, dilations, rep_head, low_planes=widths[0]
         )
-        self.auxor = U2PLAux(aux_planes, num_classes) if aux_loss else None
+        aux_in = widths[2] if aux_planes is None else int(aux_planes)
+        self.auxor = U2PLAux(aux_in, num_classes) if aux_loss else None
         self.num_classes = int(num_classes)
 
     def features(self, x: Tensor) -> list[Tensor]:

@@ -32,7 +32,7 @@ def defaults() -> EasyDict:
     C.labeled_ratio = 8
     C.nepochs = 34
     C.backbone = "resnet50"
-    C.method = "cpcl"  # cpcl | cps | sup
+    C.method = "cpcl"  # cpcl | cps | sup | u2pl
     C.device = "auto"  # auto (GPU when available) | cpu | cuda
 
     # --- CutMix box masks (official mask_gen.BoxMaskGenerator settings) ---
