@@ -24,6 +24,8 @@ Differences from the official code, all in the direction of what it evidently in
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import random
 import signal
 from collections.abc import Iterator, Sequence
@@ -288,6 +290,26 @@ def ignore_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+@functools.cache
+def _kill_workers_at_exit() -> None:
+    """Once per process: at exit, SIGKILL the daemonic children still alive.
+
+    multiprocessing's own exit handler ends daemonic children with SIGTERM, which loader
+    workers ignore (see `ignore_stop_signals`), and then waits for them forever. This handler
+    is registered after it, so it runs first.
+    """
+    import atexit
+    import multiprocessing
+
+    def kill() -> None:
+        for child in multiprocessing.active_children():
+            if child.daemon and child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
+    atexit.register(kill)
+
+
 @contextlib.contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """Block SIGINT/SIGTERM while worker processes are started, so that they inherit the block.
@@ -359,10 +381,21 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         with stop_signals_blocked():  # workers (re)start here
             batches = iter(self._loader)
-        for batch in batches:
-            if isinstance(batch, _Failure):
-                raise DataError(batch.message)
-            yield batch
+        if self._loader.num_workers > 0:
+            _kill_workers_at_exit()
+        try:
+            for batch in batches:
+                if isinstance(batch, _Failure):
+                    raise DataError(batch.message)
+                yield batch
+        except Exception:
+            # Workers ignore SIGTERM, so multiprocessing's exit-time terminate() cannot end
+            # them: after an error, shut them down now (persistent workers of a loop that goes
+            # on are reused, so nothing else is shut down here; `_kill_workers_at_exit`).
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            raise
 
 
 def build_train_loader(
