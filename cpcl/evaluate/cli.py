@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import CheckpointError, CpclError
 from ..metrics import format_iou_table, scores
 from .dataset import Exports, evaluate_dataset
+from .fold import fold_batchnorm
 from .settings import EvalSettings
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pth$")
@@ -183,11 +184,11 @@ def adopt_stored_config(
     return C, notes
 
 
-def _load_eval_net(
-    C: Any, path: Path, device: torch.device | str
-) -> tuple[nn.Module, dict[str, Any]]:
+def _load_eval_net(C: Any, path: Path, device: torch.device | str) -> tuple[nn.Module, int | None]:
     """The network `C.method` evaluates (its `eval_net`), with the snapshot at `path` loaded
-    strictly, on `device`; plus the checkpoint dict (for its epoch)."""
+    strictly, on `device`, BatchNorm folded (`fold_batchnorm`: the evaluator owns this copy);
+    plus the checkpoint's stored epoch (None if absent). The checkpoint itself and the parts of
+    the model that are not evaluated (e.g. the other branch) are released before evaluation."""
     from ..checkpoint import extract_state_dict, load_checkpoint
     from ..methods import eval_net_from_checkpoint  # late: keeps `import cpcl.evaluate` light
 
@@ -200,7 +201,15 @@ def _load_eval_net(
             f"{C.num_classes}; evaluate it with the matching experiment (or --num_classes="
             f"{cls.shape[0]})"
         )
-    return eval_net_from_checkpoint(C, ckpt, device), ckpt
+    epoch = _stored_epoch(ckpt)
+    net = eval_net_from_checkpoint(C, ckpt, device)
+    del ckpt, sd, cls  # before the folded copy is made: lower peak memory
+    return fold_batchnorm(net), epoch
+
+
+def _stored_epoch(ckpt: dict[str, Any]) -> int | None:
+    stored = ckpt.get("epoch")
+    return int(stored) if isinstance(stored, (int, float)) else None
 
 
 def evaluate_snapshot(
@@ -284,10 +293,11 @@ def _evaluate_checkpoint(
     path: Path,
     devices: list[torch.device],
     args: argparse.Namespace,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], int | None]:
+    """The result of one checkpoint on `dataset`, and the epoch stored in the checkpoint."""
     exports = _exports(C, args)
     if len(devices) == 1:
-        net, ckpt = _load_eval_net(C, path, devices[0])
+        net, epoch = _load_eval_net(C, path, devices[0])
         res = evaluate_dataset(
             net,
             dataset,
@@ -296,12 +306,12 @@ def _evaluate_checkpoint(
             exports=exports,
             progress=True,
         )
-        return res, ckpt
+        return res, epoch
     # Several GPUs: one process per device, each a strided shard; the hists are summed here.
     from ..checkpoint import load_checkpoint
     from ..config import to_plain
 
-    ckpt = load_checkpoint(path)
+    epoch = _stored_epoch(load_checkpoint(path))
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
     procs = [
@@ -323,7 +333,7 @@ def _evaluate_checkpoint(
     res = scores(hist)
     res["hist"] = hist
     res["num_images"] = len(dataset)
-    return res, ckpt
+    return res, epoch
 
 
 def _json_number(x: float) -> float | None:
@@ -414,10 +424,9 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
     try:
         for path, epoch in checkpoints:
             start = time.perf_counter()
-            res, ckpt = _evaluate_checkpoint(C, dataset, path, devices, args)
+            res, stored_epoch = _evaluate_checkpoint(C, dataset, path, devices, args)
             if epoch is None:
-                stored = ckpt.get("epoch")
-                epoch = int(stored) if isinstance(stored, (int, float)) else None
+                epoch = stored_epoch
             table = format_iou_table(res["iou"], res["pixel_acc"], names, show_no_back=True)
             print(table)
             with open(log_file, "a") as f:
