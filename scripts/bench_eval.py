@@ -17,10 +17,14 @@ Settings (image size, crop, scales, flip; ResNet-50 unless --backbone):
 
 Peak memory: the process's peak resident set while one image is evaluated (VmHWM after a
 reset through /proc/self/clear_refs; Linux), total and above the resident set before the call;
-on CUDA the peak of torch.cuda.max_memory_allocated. Minor page faults and system time per image
+on CUDA the peak of torch.cuda.max_memory_allocated. Both evaluators share this process, so
+the table's "eval MB" is each one's own peak as a lone evaluation would see it: the weights it
+holds (official: the whole two-branch model, as the official evaluator loads it; ours: the
+evaluated branch, BatchNorm folded, as the eval CLI keeps it, and the predictor's reused
+buffers) plus its peak above the resident set during the call. Minor page faults and system time per image
 show the allocator churn; CPU time (process) is printed next to the wall time because it is
 less sensitive to other load on a shared machine. Prints a table and one JSON line (ratios =
-our time / official time).
+our time / official time; `ratio_range`: min and max of the per-image ratios of one round).
 
 Default: the three reference settings, float32, 3 rounds (a few minutes on a 2-core CPU); use
 --rounds 15 for the published figures and --amp none bf16 for bf16 (refused on CPUs without
@@ -43,6 +47,7 @@ import torch
 
 from cpcl.amp import AmpError, check_amp
 from cpcl.evaluate import EvalSettings, SlidingPredictor, select_branch, window_grid
+from cpcl.evaluate.fold import fold_batchnorm
 from cpcl.models import ModelSettings, build_model
 
 MEAN = (0.485, 0.456, 0.406)
@@ -181,6 +186,14 @@ def _make_model(backbone: str, num_classes: int, device: torch.device) -> torch.
     return model.eval().to(device)
 
 
+def _weights_mb(module: torch.nn.Module) -> float:
+    """MB of the distinct tensor storages (parameters and buffers) that `module` holds."""
+    storages = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values()) / 2**20
+
+
 def _images(h: int, w: int, n: int) -> list[np.ndarray]:
     rng = np.random.RandomState(0)
     # Smooth-ish synthetic images (random noise upsampled), closer to photos than pure noise.
@@ -206,7 +219,7 @@ def _compare(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, int]:
 class _Case:
     """One (setting, amp) pair: its predictor, images and collected measurements."""
 
-    def __init__(self, name, amp, args, device, model):
+    def __init__(self, name, amp, args, device, model, net):
         h, w, crop, scales, flip = SETTINGS[name]
         self.name, self.amp, self.model = name, amp, model
         self.shape, self.crop, self.scales, self.flip = (h, w), crop, scales, flip
@@ -223,13 +236,14 @@ class _Case:
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         )
         self.predictor = SlidingPredictor(self.settings, device)
-        self.net = select_branch(model, "1")
+        self.net = net
         self.images = _images(h, w, args.images)
         self.device = device
         self.forwards = sum(
             len(window_grid(round(h * s), round(w * s), crop, 2 / 3)) * (2 if flip else 1)
             for s in scales
         )
+        self.ours_weights_mb, self.official_weights_mb = _weights_mb(net), _weights_mb(model)
         self.ours: list[dict] = []
         self.official: list[dict] = []
         self.worst_rel, self.label_diff = 0.0, 0
@@ -265,6 +279,11 @@ class _Case:
             return statistics.median(r[key] for r in rows)
 
         ours, off = med(self.ours, "s"), med(self.official, "s")
+        pairs = [a["s"] / b["s"] for a, b in zip(self.ours, self.official, strict=True)]
+        # Ours also keeps its working buffers between images (part of the resident set).
+        buffers = sum(b.untyped_storage().nbytes() for b in self.predictor._buffers.values())
+        ours_eval = self.ours_weights_mb + buffers / 2**20 + max(r["extra_mb"] for r in self.ours)
+        off_eval = self.official_weights_mb + max(r["extra_mb"] for r in self.official)
         return {
             "setting": self.name,
             "amp": self.amp,
@@ -277,6 +296,15 @@ class _Case:
             "official_s": round(off, 4),
             "ratio": round(ours / off, 3),
             "speedup": round(off / ours, 3),
+            "ratio_range": [round(min(pairs), 3), round(max(pairs), 3)],
+            "ours_s_range": [
+                round(min(r["s"] for r in self.ours), 4),
+                round(max(r["s"] for r in self.ours), 4),
+            ],
+            "official_s_range": [
+                round(min(r["s"] for r in self.official), 4),
+                round(max(r["s"] for r in self.official), 4),
+            ],
             "ours_cpu_s": round(med(self.ours, "cpu_s"), 4),
             "official_cpu_s": round(med(self.official, "cpu_s"), 4),
             "cpu_ratio": round(med(self.ours, "cpu_s") / med(self.official, "cpu_s"), 3),
@@ -284,6 +312,9 @@ class _Case:
             "official_peak_mb": round(max(r["peak_mb"] for r in self.official), 1),
             "ours_extra_mb": round(max(r["extra_mb"] for r in self.ours), 1),
             "official_extra_mb": round(max(r["extra_mb"] for r in self.official), 1),
+            "ours_eval_mb": round(ours_eval, 1),
+            "official_eval_mb": round(off_eval, 1),
+            "eval_mb_ratio": round(ours_eval / off_eval, 3),
             "ours_minflt": int(med(self.ours, "minflt")),
             "official_minflt": int(med(self.official, "minflt")),
             "ours_stime_s": round(med(self.ours, "stime"), 3),
@@ -297,7 +328,7 @@ class _Case:
 def _print_table(rows: list[dict], device: torch.device, args) -> None:
     header = (
         f"{'setting':<10} {'amp':<5} {'fwd':>3} {'ours s':>7} {'offic. s':>8} {'ratio':>6} "
-        f"{'speedup':>7} {'cpu ratio':>9} {'peak MB ours/off':>17} {'extra MB ours/off':>17} "
+        f"{'speedup':>7} {'cpu ratio':>9} {'eval MB ours/off':>17} {'extra MB ours/off':>17} "
         f"{'minflt ours/off':>16} {'rel diff':>8} {'lbl':>4}"
     )
     print(
@@ -311,7 +342,7 @@ def _print_table(rows: list[dict], device: torch.device, args) -> None:
         print(
             f"{r['setting']:<10} {r['amp']:<5} {r['forwards_per_image']:>3} "
             f"{r['ours_s']:>7.3f} {r['official_s']:>8.3f} {r['ratio']:>6.3f} "
-            f"{r['speedup']:>6.2f}x {r['cpu_ratio']:>9.3f} {r['ours_peak_mb']:>8.0f}/{r['official_peak_mb']:<8.0f} "
+            f"{r['speedup']:>6.2f}x {r['cpu_ratio']:>9.3f} {r['ours_eval_mb']:>8.0f}/{r['official_eval_mb']:<8.0f} "
             f"{r['ours_extra_mb']:>8.0f}/{r['official_extra_mb']:<8.0f} "
             f"{r['ours_minflt']:>7}/{r['official_minflt']:<8} {r['max_rel_diff']:>8.1e} {lbl:>4}"
         )
@@ -331,6 +362,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument(
+        "--fold", default="on", choices=("on", "off"), help="ours: BatchNorm folded (as the CLI)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -344,7 +378,10 @@ def main() -> None:
             print(f"skipped: {err}")
     model = _make_model(args.backbone, args.num_classes, device)
     names = [ALIASES.get(s.strip(), s.strip()) for s in args.settings.split(",")]
-    cases = [_Case(n, amp, args, device, model) for n in names for amp in amps]
+    # Ours as the eval CLI: the evaluated branch, BatchNorm folded into an inference-only copy.
+    net = select_branch(model, "1")
+    net = fold_batchnorm(net) if args.fold == "on" else net
+    cases = [_Case(n, amp, args, device, model, net) for n in names for amp in amps]
     probe = _Probe(device)
     for case in cases:  # warm-up (allocator, oneDNN primitive caches, cudnn plans)
         with case.predictor.prepared(case.net):
