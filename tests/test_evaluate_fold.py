@@ -53,6 +53,19 @@ def test_fold_float32_within_tolerance():
     assert rel <= 1e-5
 
 
+def test_fold_branch_mean_folds_both_branches():
+    from cpcl.evaluate import BranchMean, select_branch
+
+    model = _network().double()
+    folded = fold_batchnorm(select_branch(model, "avg"))
+    assert isinstance(folded, BranchMean)
+    assert isinstance(folded.first, FoldedNet) and isinstance(folded.second, FoldedNet)
+    x = torch.randn(1, 3, 40, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        ref = (model.branch1(x) + model.branch2(x)) / 2
+        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() <= 1e-12
+
+
 def test_golden_sliding_eval_folded(golden_dir, det_weights):
     from conftest import det_network, golden_cases, load_golden
 

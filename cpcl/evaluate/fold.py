@@ -20,6 +20,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .branch import BranchMean
+
 
 class FoldedNet(nn.Module):
     """An inference-only network with BatchNorm folded into its convolutions (`fold_batchnorm`).
@@ -70,11 +72,13 @@ def _foldable(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def fold_batchnorm(net: nn.Module) -> nn.Module:
     """An inference-only copy of `net` with every Conv2d -> BatchNorm2d pair folded.
 
-    `net` is put in eval mode and otherwise left unchanged. Returns a `FoldedNet` (eval mode),
-    or `net` itself when it cannot be traced by `torch.fx` (data-dependent control flow) or
+    `net` is put in eval mode and otherwise left unchanged. Returns a `FoldedNet` (eval mode;
+    a `BranchMean` of two for ``eval_branch=avg``), or `net` itself when it cannot be traced by `torch.fx` (data-dependent control flow) or
     has nothing to fold: folding is an optimisation, never a requirement.
     """
     net.eval()
+    if isinstance(net, BranchMean):  # its dtype check cannot be traced: fold each branch
+        return BranchMean(fold_batchnorm(net.first), fold_batchnorm(net.second)).eval()
     try:
         gm = _trace(net)
     except Exception:  # untraceable forward: evaluate the network as it is
