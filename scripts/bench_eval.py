@@ -46,8 +46,13 @@ import numpy as np
 import torch
 
 from cpcl.amp import AmpError, check_amp
-from cpcl.evaluate import EvalSettings, SlidingPredictor, select_branch, window_grid
-from cpcl.evaluate.fold import fold_batchnorm
+from cpcl.evaluate import (
+    EvalSettings,
+    SlidingPredictor,
+    fold_batchnorm,
+    select_branch,
+    window_grid,
+)
 from cpcl.models import ModelSettings, build_model
 
 MEAN = (0.485, 0.456, 0.406)

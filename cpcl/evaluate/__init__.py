@@ -4,6 +4,7 @@
   for any segmenter ``x -> logits (B, C, H, W)``;
 * `branch`: `select_branch`, the segmenter of a two-branch CPCL/CPS model that is evaluated;
 * `settings`: `EvalSettings`, the protocol as one frozen object (`EvalSettings.from_config`);
+* `fold`: `fold_batchnorm`, an inference-only copy with BatchNorm folded into the convolutions;
 * `dataset`: `evaluate_dataset` (confusion matrix over a dataset and ranks) and the exports;
 * `cli`: the `exp_*/eval.py` command line (`main`) and `evaluate_snapshot`.
 """
@@ -11,6 +12,7 @@
 from .branch import BRANCHES, BranchMean, select_branch
 from .cli import evaluate_snapshot, main, parse_devices, resolve_checkpoints
 from .dataset import Exports, evaluate_dataset, save_prediction
+from .fold import FoldedNet, fold_batchnorm
 from .predict import (
     SlidingPredictor,
     auto_window_batch,
@@ -26,11 +28,13 @@ __all__ = [
     "BranchMean",
     "EvalSettings",
     "Exports",
+    "FoldedNet",
     "SlidingPredictor",
     "auto_window_batch",
     "eval_settings",
     "evaluate_dataset",
     "evaluate_snapshot",
+    "fold_batchnorm",
     "main",
     "normalisation_lut",
     "parse_devices",
