@@ -4,7 +4,8 @@ The reference (`official_predict`) is the official `Evaluator.sliding_eval` step
 numpy normalisation and padding, one window per forward, the mirror as a second forward, the
 window sum on the device, cv2 resize of every scale's map, float64 sum on the host. Ours is
 `cpcl.evaluate.SlidingPredictor` (one predictor per setting, reused over images as in a dataset
-evaluation). Rounds are interleaved (ours/official alternate which goes first) and the medians
+evaluation) on branch 1 with BatchNorm folded (`fold_batchnorm`, as `eval.py` does; `--fold off`
+runs the unfolded branch). Rounds are interleaved (ours/official alternate which goes first) and the medians
 are reported. Every timed image is also checked: the labels must be equal wherever the top-2
 margin is above the noise, and the score sums close (relative max difference printed).
 
