@@ -394,13 +394,20 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int:
-    from ..config import apply_overrides, finalize
+    from ..config import ConfigError, apply_overrides, finalize
     from ..data.datasets import build_dataset, resolve_class_names
     from ..methods import select_evaluator
 
     args, rest = _parser(prog).parse_known_args(list(argv))
     user_C = C
-    C = finalize(apply_overrides(C, rest), root=root)
+    pending = None
+    try:
+        C = finalize(apply_overrides(C, rest), root=root)
+    except ConfigError as err:
+        # E.g. --u2pl_eval_mode of the method stored in the checkpoint: known only once that
+        # method is; the keys of `C` are enough to find the checkpoints.
+        generic = [a for a in rest if a.removeprefix("--").split("=", 1)[0] in user_C]
+        C, pending = finalize(apply_overrides(user_C, generic), root=root), err
     checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
     # The run's own settings, from the (first) checkpoint; the command line still wins.
     stored = stored_config(checkpoints[0][0])
@@ -409,6 +416,8 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         for line in notes:
             print(line, file=sys.stderr)
         C = finalize(adopted, root=root)
+    elif pending is not None:
+        raise pending
     if args.labelids and C.dataset_name != "cityscapes":
         raise CpclError(f"--labelids: only for Cityscapes (dataset_name is {C.dataset_name!r})")
     if args.save_path is None and (args.show_image or args.labelids):

@@ -118,6 +118,13 @@ def _progress(indices: Iterable[int], show: bool) -> Iterable[int]:
     return tqdm(indices, desc="eval", dynamic_ncols=True, file=sys.stderr)
 
 
+def lut_normalise(img: np.ndarray, lut: torch.Tensor) -> torch.Tensor:
+    """The uint8 RGB image `img` (H,W,3) through the per-value table `lut` (256, 3): a
+    (1,3,H,W) tensor on `lut`'s device (the official normalisations as exact tables)."""
+    pixels = torch.from_numpy(img if img.flags.writeable else img.copy()).to(lut.device)
+    return lut[pixels.long(), torch.arange(3, device=lut.device)].permute(2, 0, 1)[None]
+
+
 # One image under a method's own protocol: (uint8 RGB HxWx3, label HxW or None) -> (predicted
 # class ids as a tensor, the label map they are scored against: the label itself, or e.g. the
 # padded and cropped label of U2PL's validation; None: not scored).

@@ -170,7 +170,7 @@ def evaluate_u2pl(
     ``num_images``. `whole` scores the padded centre crop, not the image, so it cannot export
     predictions (CpclError with `exports`).
     """
-    from ..evaluate.dataset import evaluate_images
+    from ..evaluate.dataset import evaluate_images, lut_normalise
     from ..metrics import scores_all_classes
 
     if mode not in EVAL_MODES:
@@ -183,10 +183,9 @@ def evaluate_u2pl(
         )
     crop = (int(crop_size[0]), int(crop_size[1]))
     lut = u2pl_normalize_lut(mean, std, float64=mode == "sliding").to(device)
-    channels = torch.arange(3, device=device)
 
     def predict(img: np.ndarray, label: np.ndarray | None) -> tuple[Tensor, Any]:
-        x = lut[torch.from_numpy(img).to(device).long(), channels].permute(2, 0, 1)[None]
+        x = lut_normalise(img, lut)
         if mode == "sliding":
             logits = u2pl_sliding_logits(
                 net, x, crop, stride_rate=stride_rate, scales=scales, base_size=base_size
@@ -194,7 +193,9 @@ def evaluate_u2pl(
             return logits.argmax(dim=0), label
         if label is None:
             raise CpclError("U2PL 'whole' validation: an image has no label")
-        return u2pl_whole_predict(net, x, torch.from_numpy(label).long().to(device), crop)
+        return u2pl_whole_predict(
+            net, x, torch.tensor(label, dtype=torch.long, device=device), crop
+        )
 
     return evaluate_images(
         dataset,

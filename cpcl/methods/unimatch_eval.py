@@ -76,16 +76,15 @@ def evaluate_unimatch(
     `cpcl.evaluate.Exports`) writes each prediction. `net` should be in eval mode.
     """
     from ..data.unimatch_views import unimatch_normalize_lut
-    from ..evaluate.dataset import evaluate_images
+    from ..evaluate.dataset import evaluate_images, lut_normalise
     from ..metrics import scores_all_classes
 
     if mode not in EVAL_MODES:
         raise CpclError(f"UniMatch eval mode={mode!r}: expected one of {EVAL_MODES}")
     lut = torch.from_numpy(unimatch_normalize_lut(mean, std)).to(device)
-    channels = torch.arange(3, device=device)
 
     def predict(img: Any, label: Any) -> tuple[Tensor, Any]:
-        x = lut[torch.from_numpy(img).to(device).long(), channels].permute(2, 0, 1)[None]
+        x = lut_normalise(img, lut)
         return unimatch_predict(net, x, mode, crop_size)[0], label
 
     return evaluate_images(
