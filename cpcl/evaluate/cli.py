@@ -356,9 +356,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         allow_abbrev=False,
-        description="Evaluate CPCL snapshots with the official sliding-window protocol. Any "
-        "other --key=value overrides the config (e.g. --eval_scale_array=0.75,1,1.25 "
-        "--eval_flip=true --eval_branch=avg).",
+        description="Evaluate snapshots with CPCL's official sliding-window protocol "
+        "(--eval_protocol=cpcl, default) or the method's own official one "
+        "(--eval_protocol=official: u2pl, unimatch). Any other --key=value overrides the "
+        "config (e.g. --eval_scale_array=0.75,1,1.25 --eval_flip=true --eval_branch=avg).",
     )
     p.add_argument(
         "-e",

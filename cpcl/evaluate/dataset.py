@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import all_reduce_hist, confusion_matrix, scores
+from ..metrics import all_reduce_hist, confusion_matrix, scores, scores_all_classes
 from .branch import select_branch
 from .predict import SlidingPredictor
 from .settings import FIELDS, EvalSettings
@@ -137,7 +137,6 @@ def evaluate_images(
     predict: ImagePredictor,
     num_classes: int,
     *,
-    score: Callable[[torch.Tensor], dict[str, Any]] = scores,
     exports: Exports | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -146,8 +145,8 @@ def evaluate_images(
     The loop of the official U2PL and UniMatch evaluators (one image per forward, one process):
     the confusion matrix of each prediction against the label map `predict` returns (pixels
     labelled outside ``[0, num_classes)``, 255 included, not counted), summed over the dataset
-    and reduced once by `score` (e.g. `metrics.scores_all_classes`). Returns `score(hist)` plus
-    ``hist`` (CPU int64) and ``num_images``. With `exports`, each prediction is written by
+    and reduced once their way (`metrics.scores_all_classes`: mean over all classes of
+    I / (U + 1e-10)). Returns those scores plus ``hist`` (CPU int64) and ``num_images``. With `exports`, each prediction is written by
     `save_prediction` (it must have the image's size).
     """
     hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -159,7 +158,7 @@ def evaluate_images(
             hist += confusion_matrix(pred, scored, num_classes)
         if exports is not None:
             exports.write(pred.to(torch.uint8).numpy(), name, img, label)
-    out = score(hist)
+    out = scores_all_classes(hist)
     out["hist"] = hist
     out["num_images"] = len(dataset)
     return out

@@ -171,7 +171,6 @@ def evaluate_u2pl(
     predictions (CpclError with `exports`).
     """
     from ..evaluate.dataset import evaluate_images, lut_normalise
-    from ..metrics import scores_all_classes
 
     if mode not in EVAL_MODES:
         raise CpclError(f"U2PL eval mode={mode!r}: expected one of {', '.join(EVAL_MODES)}")
@@ -197,11 +196,4 @@ def evaluate_u2pl(
             net, x, torch.tensor(label, dtype=torch.long, device=device), crop
         )
 
-    return evaluate_images(
-        dataset,
-        predict,
-        num_classes,
-        score=scores_all_classes,
-        exports=exports,
-        progress=progress,
-    )
+    return evaluate_images(dataset, predict, num_classes, exports=exports, progress=progress)

@@ -77,7 +77,6 @@ def evaluate_unimatch(
     """
     from ..data.unimatch_views import unimatch_normalize_lut
     from ..evaluate.dataset import evaluate_images, lut_normalise
-    from ..metrics import scores_all_classes
 
     if mode not in EVAL_MODES:
         raise CpclError(f"UniMatch eval mode={mode!r}: expected one of {EVAL_MODES}")
@@ -87,11 +86,4 @@ def evaluate_unimatch(
         x = lut_normalise(img, lut)
         return unimatch_predict(net, x, mode, crop_size)[0], label
 
-    return evaluate_images(
-        dataset,
-        predict,
-        num_classes,
-        score=scores_all_classes,
-        exports=exports,
-        progress=progress,
-    )
+    return evaluate_images(dataset, predict, num_classes, exports=exports, progress=progress)
