@@ -65,6 +65,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "eval_branch": ("1", "2", "avg"),
+    "eval_protocol": ("cpcl", "official"),
     "label_policy": ("error", "ignore"),
     "sup_loss": ("ce", "ohem"),
     "dataset_name": PRESETS,

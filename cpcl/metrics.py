@@ -119,6 +119,28 @@ def scores(hist: torch.Tensor | np.ndarray) -> dict[str, Any]:
     }
 
 
+def scores_all_classes(hist: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """`scores(hist)` with the mIoU of U2PL and UniMatch: ``iou`` = intersection / (union +
+    1e-10) for EVERY class and ``miou`` its plain mean.
+
+    Their evaluators accumulate per-class intersection and union counts over the dataset and
+    reduce ``iou_class = intersection_meter.sum / (union_meter.sum + 1e-10); np.mean(iou_class)``
+    (U2PL `train_semi.py:646-647`, `eval.py:306-309`; UniMatch `evaluate`): a class absent from
+    both ground truth and prediction counts as IoU 0 (CPCL: NaN, left out). The counts are the
+    confusion matrix's: intersection = diag, union = rowsum + colsum - diag (their
+    `intersectionAndUnion` drops pixels labelled 255 from both). The other keys, ``mean_IU``
+    included, keep `scores`' CPCL meaning.
+    """
+    out = scores(hist)
+    raw = hist.detach().cpu().numpy() if isinstance(hist, torch.Tensor) else np.asarray(hist)
+    h = raw.astype(np.float64)
+    inter = np.diag(h)
+    iou = inter / (h.sum(1) + h.sum(0) - inter + 1e-10)
+    out["iou"] = iou
+    out["miou"] = float(np.mean(iou)) if iou.size else math.nan
+    return out
+
+
 def _nanmean(x: np.ndarray) -> float:
     # np.nanmean warns on all-NaN input; an empty evaluation should give NaN quietly.
     finite = x[~np.isnan(x)]

@@ -81,7 +81,7 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.unimatch_conf_thresh == p["conf_thresh"] and C.backbone == p["backbone"]
     assert (C.momentum, C.weight_decay) == (p["momentum"], p["weight_decay"])
     assert tuple(C.unimatch_scale_range) == tuple(p["scale_range"])
-    assert C.unimatch_mix_partner == "same" and C.unimatch_eval_mode == "evaluator"
+    assert C.unimatch_mix_partner == "same" and C.unimatch_eval_mode == p["eval_mode"]
     if p["criterion"]["name"] == "OHEM":
         kw = p["criterion"]["kwargs"]
         assert C.sup_loss == "ohem" and C.ohem_thresh == kw["thresh"]
@@ -119,11 +119,15 @@ def test_bad_settings_are_named(arg, key):
 
 
 def test_eval_settings_select_the_protocol():
+    C = apply_overrides(load_preset("voc"), ["--method=unimatch"])
+    assert unimatch_eval_settings(C)["mode"] == UNIMATCH_PRESETS["pascal"]["eval_mode"]
     C = apply_overrides(load_preset("cityscapes"), ["--method=unimatch"])
-    assert unimatch_eval_settings(C) is None  # the project's evaluator
-    C = apply_overrides(C, ["--unimatch_eval_mode=sliding_window"])
     s = unimatch_eval_settings(C)
-    assert s["mode"] == "sliding_window" and s["crop_size"] == C.image_height
+    assert s["mode"] == UNIMATCH_PRESETS["cityscapes"]["eval_mode"]
+    assert s["crop_size"] == C.image_height
+    # The value that meant the project's evaluator before --eval_protocol points there.
+    with pytest.raises(ConfigError, match="eval_protocol=cpcl"):
+        apply_overrides(C, ["--unimatch_eval_mode=evaluator"])
 
 
 # --- data view --------------------------------------------------------------------------
@@ -303,7 +307,7 @@ def test_set_lr_is_the_official_after_step_poly():
 
 def test_evaluate_unimatch_protocols_on_a_pointwise_net():
     from cpcl.methods.unimatch_eval import evaluate_unimatch
-    from cpcl.metrics import confusion_matrix, scores
+    from cpcl.metrics import confusion_matrix, scores_all_classes
 
     class _Data:
         def __init__(self) -> None:
@@ -332,4 +336,5 @@ def test_evaluate_unimatch_protocols_on_a_pointwise_net():
         )
         for img, gt, _ in data.items
     )
-    assert whole["miou"] == scores(hist)["miou"]
+    assert whole["miou"] == scores_all_classes(hist)["miou"]
+    assert torch.equal(whole["hist"], hist)

@@ -222,18 +222,47 @@ def evaluate_snapshot(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the snapshot at `path` strictly into `C.method`'s network and evaluate the network
-    the method evaluates (`eval_net`) on `C`'s val split."""
+    the method evaluates (`eval_net`) on `C`'s val split, with the protocol `C.eval_protocol`
+    selects (cpcl: the project's evaluator; official: the method's own). The result's
+    ``protocol`` names it."""
     from ..data.datasets import build_dataset
 
     net, _ = _load_eval_net(C, Path(path), device)
-    return evaluate_dataset(
-        net,
-        build_dataset(C, "val"),
-        EvalSettings.from_config(C),
-        device=device,
-        exports=Exports(save_dir, palette) if save_dir is not None else None,
-        progress=progress,
+    exports = Exports(save_dir, palette) if save_dir is not None else None
+    return _evaluate_net(C, net, build_dataset(C, "val"), device, exports, progress)
+
+
+def _cpcl_label(C: Any) -> str:
+    """How the project's evaluator runs for `C`, for tables and logs."""
+    e = EvalSettings.from_config(C)
+    return (
+        f"cpcl: sliding windows {'x'.join(map(str, e.crop_size))}, stride rate "
+        f"{e.stride_rate:.3g}, scales {tuple(e.scales)}, flip {e.flip}"
     )
+
+
+def _evaluate_net(
+    C: Any,
+    net: nn.Module,
+    dataset: Any,
+    device: torch.device | str,
+    exports: Exports | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """`net` on `dataset` with the protocol of `C.eval_protocol`; ``protocol``: its label."""
+    from ..methods import select_evaluator
+
+    evaluator = select_evaluator(C)
+    if evaluator is None:
+        settings = EvalSettings.from_config(C)
+        res = evaluate_dataset(
+            net, dataset, settings, device=device, exports=exports, progress=progress
+        )
+        res["protocol"] = _cpcl_label(C)
+    else:
+        res = evaluator.evaluate(net, dataset, device=device, exports=exports, progress=progress)
+        res["protocol"] = evaluator.label
+    return res
 
 
 def _exports(C: Any, args: argparse.Namespace) -> Exports | None:
@@ -298,15 +327,7 @@ def _evaluate_checkpoint(
     exports = _exports(C, args)
     if len(devices) == 1:
         net, epoch = _load_eval_net(C, path, devices[0])
-        res = evaluate_dataset(
-            net,
-            dataset,
-            EvalSettings.from_config(C),
-            device=devices[0],
-            exports=exports,
-            progress=True,
-        )
-        return res, epoch
+        return _evaluate_net(C, net, dataset, devices[0], exports, True), epoch
     # Several GPUs: one process per device, each a strided shard; the hists are summed here.
     from ..checkpoint import load_checkpoint
     from ..config import to_plain
@@ -333,6 +354,7 @@ def _evaluate_checkpoint(
     res = scores(hist)
     res["hist"] = hist
     res["num_images"] = len(dataset)
+    res["protocol"] = _cpcl_label(C)
     return res, epoch
 
 
@@ -344,9 +366,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         allow_abbrev=False,
-        description="Evaluate CPCL snapshots with the official sliding-window protocol. Any "
-        "other --key=value overrides the config (e.g. --eval_scale_array=0.75,1,1.25 "
-        "--eval_flip=true --eval_branch=avg).",
+        description="Evaluate snapshots with CPCL's official sliding-window protocol "
+        "(--eval_protocol=cpcl, default) or the method's own official one "
+        "(--eval_protocol=official: u2pl, unimatch). Any other --key=value overrides the "
+        "config (e.g. --eval_scale_array=0.75,1,1.25 --eval_flip=true --eval_branch=avg).",
     )
     p.add_argument(
         "-e",
@@ -382,12 +405,20 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int:
-    from ..config import apply_overrides, finalize
+    from ..config import ConfigError, apply_overrides, finalize
     from ..data.datasets import build_dataset, resolve_class_names
+    from ..methods import select_evaluator
 
     args, rest = _parser(prog).parse_known_args(list(argv))
     user_C = C
-    C = finalize(apply_overrides(C, rest), root=root)
+    pending = None
+    try:
+        C = finalize(apply_overrides(C, rest), root=root)
+    except ConfigError as err:
+        # E.g. --u2pl_eval_mode of the method stored in the checkpoint: known only once that
+        # method is; the keys of `C` are enough to find the checkpoints.
+        generic = [a for a in rest if a.removeprefix("--").split("=", 1)[0] in user_C]
+        C, pending = finalize(apply_overrides(user_C, generic), root=root), err
     checkpoints = resolve_checkpoints(args.epochs, C.snapshot_dir)
     # The run's own settings, from the (first) checkpoint; the command line still wins.
     stored = stored_config(checkpoints[0][0])
@@ -396,6 +427,8 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         for line in notes:
             print(line, file=sys.stderr)
         C = finalize(adopted, root=root)
+    elif pending is not None:
+        raise pending
     if args.labelids and C.dataset_name != "cityscapes":
         raise CpclError(f"--labelids: only for Cityscapes (dataset_name is {C.dataset_name!r})")
     if args.save_path is None and (args.show_image or args.labelids):
@@ -406,6 +439,12 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
         devices = parse_devices(None if choice == "auto" else ("0" if choice == "cuda" else "cpu"))
     else:
         devices = parse_devices(args.devices)
+    evaluator = select_evaluator(C)  # a bad choice fails before any checkpoint is loaded
+    if evaluator is not None and len(devices) > 1:
+        raise CpclError(
+            f"-d {args.devices}: --eval_protocol=official runs {C.method}'s own protocol in one "
+            "process; pass one device (or --eval_protocol=cpcl to shard over several)"
+        )
     dataset = build_dataset(C, "val")
     names = resolve_class_names(C.dataset_name, C.num_classes, C.class_names)
     if args.verbose:
@@ -413,7 +452,9 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
             f"dataset {C.dataset_path} ({len(dataset)} val images), devices "
             f"{', '.join(map(str, devices))}, crop {C.eval_crop_size}, stride_rate "
             f"{C.eval_stride_rate}, scales {tuple(C.eval_scale_array)}, flip {C.eval_flip}, "
-            f"branch {C.eval_branch}, checkpoints: {', '.join(str(p) for p, _ in checkpoints)}",
+            f"branch {C.eval_branch}, protocol "
+            f"{evaluator.label if evaluator else _cpcl_label(C)}, checkpoints: "
+            f"{', '.join(str(p) for p, _ in checkpoints)}",
             file=sys.stderr,
         )
     os.makedirs(C.log_dir, exist_ok=True)
@@ -428,6 +469,7 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
             if epoch is None:
                 epoch = stored_epoch
             table = format_iou_table(res["iou"], res["pixel_acc"], names, show_no_back=True)
+            table = f"protocol: {res['protocol']}\n{table}"
             print(table)
             with open(log_file, "a") as f:
                 f.write(f"Model: {path}\n{table}\n")
@@ -435,6 +477,7 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
             record = {
                 "checkpoint": str(path),
                 "epoch": epoch,
+                "protocol": res["protocol"],
                 "mIoU": _json_number(res["miou"]),
                 "pixel_acc": _json_number(res["pixel_acc"]),
                 "per_class": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import all_reduce_hist, confusion_matrix, scores
+from ..metrics import all_reduce_hist, confusion_matrix, scores, scores_all_classes
 from .branch import select_branch
 from .predict import SlidingPredictor
 from .settings import FIELDS, EvalSettings
@@ -108,6 +109,61 @@ def _legacy_exports(exports: Exports | None, loose: dict[str, Any]) -> Exports |
     return exports
 
 
+def _progress(indices: Iterable[int], show: bool) -> Iterable[int]:
+    """`indices`, with a progress bar on stderr when `show`."""
+    if not show:
+        return indices
+    from tqdm import tqdm
+
+    return tqdm(indices, desc="eval", dynamic_ncols=True, file=sys.stderr)
+
+
+def lut_normalise(img: np.ndarray, lut: torch.Tensor) -> torch.Tensor:
+    """The uint8 RGB image `img` (H,W,3) through the per-value table `lut` (256, 3): a
+    (1,3,H,W) tensor on `lut`'s device (the official normalisations as exact tables)."""
+    pixels = torch.from_numpy(img if img.flags.writeable else img.copy()).to(lut.device)
+    return lut[pixels.long(), torch.arange(3, device=lut.device)].permute(2, 0, 1)[None]
+
+
+# One image under a method's own protocol: (uint8 RGB HxWx3, label HxW or None) -> (predicted
+# class ids as a tensor, the label map they are scored against: the label itself, or e.g. the
+# padded and cropped label of U2PL's validation; None: not scored).
+ImagePredictor = Callable[[np.ndarray, Any], tuple[torch.Tensor, Any]]
+
+
+@torch.no_grad()
+def evaluate_images(
+    dataset: Any,
+    predict: ImagePredictor,
+    num_classes: int,
+    *,
+    exports: Exports | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score the per-image protocol `predict` on every image of `dataset`, one at a time.
+
+    The loop of the official U2PL and UniMatch evaluators (one image per forward, one process):
+    the confusion matrix of each prediction against the label map `predict` returns (pixels
+    labelled outside ``[0, num_classes)``, 255 included, not counted), summed over the dataset
+    and reduced once their way (`metrics.scores_all_classes`: mean over all classes of
+    I / (U + 1e-10)). Returns those scores plus ``hist`` (CPU int64) and ``num_images``. With `exports`, each prediction is written by
+    `save_prediction` (it must have the image's size).
+    """
+    hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i in _progress(range(len(dataset)), progress):
+        img, label, name = dataset.load(i)
+        pred, scored = predict(img, label)
+        pred = pred.cpu()
+        if scored is not None:
+            hist += confusion_matrix(pred, scored, num_classes)
+        if exports is not None:
+            exports.write(pred.to(torch.uint8).numpy(), name, img, label)
+    out = scores_all_classes(hist)
+    out["hist"] = hist
+    out["num_images"] = len(dataset)
+    return out
+
+
 def evaluate_dataset(
     model: nn.Module,
     dataset: Any,
@@ -144,12 +200,7 @@ def evaluate_dataset(
     predictor = SlidingPredictor(settings, device)
     n = settings.num_classes
     hist = torch.zeros(n, n, dtype=torch.int64, device=device)
-    indices = range(rank, len(dataset), world_size)
-    iterator: Any = indices
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        iterator = tqdm(indices, desc="eval", dynamic_ncols=True, file=sys.stderr)
+    iterator = _progress(range(rank, len(dataset), world_size), progress and rank == 0)
     was_training = model.training
     model.eval()
     count = 0

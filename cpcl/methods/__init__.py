@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CpclError
-from .base import Method, StepInfo
+from .base import Method, OfficialEvaluator, StepInfo
 
 # C.method -> module under cpcl.methods (each defines METHOD, a Method subclass).
 REGISTRY: dict[str, str] = {
@@ -29,10 +29,12 @@ REGISTRY: dict[str, str] = {
 __all__ = [
     "REGISTRY",
     "Method",
+    "OfficialEvaluator",
     "StepInfo",
     "eval_net_from_checkpoint",
     "get_method",
     "method_names",
+    "select_evaluator",
 ]
 
 
@@ -47,6 +49,31 @@ def get_method(name: str) -> type[Method]:
         raise CpclError(f"method={name!r}: expected one of {', '.join(REGISTRY)}")
     module = importlib.import_module(f"{__name__}.{REGISTRY[name]}")
     return module.METHOD
+
+
+def select_evaluator(C: Any) -> OfficialEvaluator | None:
+    """The protocol `C.eval_protocol` asks for: None for "cpcl" (the project's evaluator), the
+    method's `official_evaluator(C)` for "official". CpclError naming the choices when the
+    method has no protocol of its own (sup, cps, cpcl: theirs IS the project's evaluator)."""
+    protocol = C.get("eval_protocol", "cpcl")
+    if protocol == "cpcl":
+        return None
+    if protocol != "official":
+        raise CpclError(f"eval_protocol={protocol!r}: expected one of cpcl, official")
+    evaluator = get_method(C.method).official_evaluator(C)
+    if evaluator is None:
+        raise CpclError(
+            f"eval_protocol=official: method {C.method!r} has no official protocol other than "
+            "the project's evaluator (CPCL's sliding windows, eval_protocol=cpcl); expected "
+            f"eval_protocol=cpcl for it (own protocols: {', '.join(_with_own_protocol())})"
+        )
+    return evaluator
+
+
+def _with_own_protocol() -> list[str]:
+    """The registered methods that override `Method.official_evaluator`."""
+    base = Method.official_evaluator.__func__
+    return [n for n in REGISTRY if get_method(n).official_evaluator.__func__ is not base]
 
 
 def eval_net_from_checkpoint(

@@ -48,6 +48,10 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   (B,C,H,W)` at the input size (the evaluator's prediction core takes exactly that).
 * `state_dict()` / `load_state_dict(state)`: extra state that must survive a resume
   (teacher weights, memory banks, counters); saved under `method_state` in checkpoints.
+* `official_evaluator(C)` (optional): the method's own official evaluation protocol as an
+  `OfficialEvaluator`, which `eval.py --eval_protocol=official` and
+  `cpcl.evaluate.evaluate_snapshot` run on `eval_net`; None (default): the method's official
+  protocol is the project's evaluator (CPCL's sliding windows).
 
 The evaluator needs only `cpcl.methods.eval_net_from_checkpoint(C, ckpt, device)`: build the
 model, load the weights, `setup`, load `method_state`, return `eval_net(model)` in eval mode.
@@ -55,7 +59,7 @@ model, load the weights, `setup`, load `method_state`, return `eval_net(model)` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,6 +83,20 @@ class StepInfo:
     def iter_in_epoch(self) -> int:
         """0-based iteration inside the epoch."""
         return self.iteration - self.epoch * self.iters_per_epoch
+
+
+@dataclass(frozen=True)
+class OfficialEvaluator:
+    """A method's own evaluation protocol, ready to run.
+
+    `label` names it in tables and logs (e.g. "u2pl official: sliding windows 769x769 ...");
+    `evaluate(net, dataset, *, device, exports, progress)` scores the plain segmenter `net`
+    (`eval_net`) on `dataset` and returns a dict with at least ``iou``, ``miou``,
+    ``pixel_acc``, ``hist`` and ``num_images`` (as `cpcl.evaluate.evaluate_images`).
+    """
+
+    label: str
+    evaluate: Callable[..., dict[str, Any]]
 
 
 class Method:
@@ -137,6 +155,12 @@ class Method:
     def eval_net(self, model: nn.Module) -> nn.Module:
         """The network to evaluate: `x (B,3,H,W) -> logits (B,C,H,W)` at the input size."""
         raise NotImplementedError
+
+    @classmethod
+    def official_evaluator(cls, C: Any) -> OfficialEvaluator | None:
+        """The method's own official evaluation protocol for finalized config `C`, or None
+        when that protocol is the project's evaluator (default)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Extra state that a resume needs besides model and optimisers (default: none)."""

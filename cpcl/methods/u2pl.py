@@ -34,6 +34,7 @@ engine's gradient average the contrastive term therefore weighs 1/world_size of 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,7 +50,8 @@ from ..data.views import LabeledView, Loaded, RngFor, TransformSettings
 from ..errors import CheckpointError
 from ..losses import at_least_float32
 from ..models.u2pl_net import U2PLNet, load_u2pl_imagenet
-from .base import Method, StepInfo
+from .base import Method, OfficialEvaluator, StepInfo
+from .u2pl_eval import EVAL_MODES, evaluate_u2pl
 from .u2pl_losses import (
     ContraSettings,
     U2PLSupLoss,
@@ -98,6 +100,8 @@ CONFIG_KEYS: dict[str, Any] = {
     "u2pl_queue_size": OFFICIAL_QUEUE_SIZE,  # memory-bank keys per class (classes 1..)
     "u2pl_queue_size_class0": OFFICIAL_QUEUE_SIZE_CLASS0,
     "u2pl_eval_net": "auto",  # auto (official: student in sup-only epochs) | teacher | student
+    "u2pl_eval_mode": "whole",  # --eval_protocol=official: whole (VOC) | sliding (Cityscapes)
+    "u2pl_eval_base_size": None,  # sliding: long side at scale 1 (Cityscapes 2048; None: as is)
 }
 
 
@@ -124,6 +128,8 @@ def preset_defaults(p: U2PLPreset) -> dict[str, Any]:
         "u2pl_drop_percent": p.drop_percent,
         "u2pl_unsup_weight": p.unsup_loss_weight,
         "u2pl_apply_aug": p.apply_aug,
+        "u2pl_eval_mode": p.eval_mode,
+        "u2pl_eval_base_size": p.eval_base_size,
     }
 
 
@@ -283,6 +289,8 @@ class U2PL(Method):
         "u2pl_queue_size": "memory-bank keys kept per class (classes 1..C-1)",
         "u2pl_queue_size_class0": "memory-bank keys kept for class 0",
         "u2pl_eval_net": "auto (student in sup-only epochs, then teacher) | teacher | student",
+        "u2pl_eval_mode": "U2PL's own protocol (--eval_protocol=official): whole (VOC) | sliding (Cityscapes)",
+        "u2pl_eval_base_size": "sliding protocol: long side at scale 1 (Cityscapes 2048; None: the image's)",
     }
 
     @classmethod
@@ -310,6 +318,16 @@ class U2PL(Method):
             raise ConfigError(
                 f"C.u2pl_eval_net = {_key(C, 'u2pl_eval_net')!r}: expected one of "
                 f"{', '.join(EVAL_NETS)}"
+            )
+        if _key(C, "u2pl_eval_mode") not in EVAL_MODES:
+            raise ConfigError(
+                f"C.u2pl_eval_mode = {_key(C, 'u2pl_eval_mode')!r}: expected one of "
+                f"{', '.join(EVAL_MODES)}"
+            )
+        base = _key(C, "u2pl_eval_base_size")
+        if base is not None and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
+            raise ConfigError(
+                f"C.u2pl_eval_base_size = {base!r}: expected a positive integer or None"
             )
         _contra_from_config(C)
         _queue_sizes(C)
@@ -542,6 +560,39 @@ class U2PL(Method):
             return U2PLEvalNet(unwrap(model))
         teacher, _ = self._ready()
         return U2PLEvalNet(teacher)
+
+    @classmethod
+    def official_evaluator(cls, C: Any) -> OfficialEvaluator:
+        """U2PL's own protocol (`u2pl_eval.evaluate_u2pl`, mode `C.u2pl_eval_mode`) with the
+        crop, stride and scales of `C.eval_*` (official: the val crop, 2/3, (1.0,))."""
+        from ..evaluate.settings import EvalSettings
+
+        e = EvalSettings.from_config(C)
+        mode, base = _key(C, "u2pl_eval_mode"), _key(C, "u2pl_eval_base_size")
+        if e.flip or (mode == "whole" and tuple(e.scales) != (1.0,)):
+            raise ConfigError(
+                f"C.eval_flip = {e.flip}, C.eval_scale_array = {tuple(e.scales)}: U2PL's "
+                f"'{mode}' protocol has no flip{' and one scale' if mode == 'whole' else ''}"
+            )
+        crop = "x".join(map(str, e.crop_size))
+        if mode == "whole":
+            label = f"u2pl official: whole image, padded / centre crop {crop} (train_semi.py)"
+        else:
+            label = (
+                f"u2pl official: sliding windows {crop}, stride rate {e.stride_rate:.3g}, "
+                f"scales {tuple(e.scales)}, base size {base or 'image'} (eval.py)"
+            )
+        kwargs = {
+            "num_classes": e.num_classes,
+            "mode": mode,
+            "crop_size": e.crop_size,
+            "mean": e.mean,
+            "std": e.std,
+            "stride_rate": e.stride_rate,
+            "scales": e.scales,
+            "base_size": base,
+        }
+        return OfficialEvaluator(label, functools.partial(evaluate_u2pl, **kwargs))
 
     def state_dict(self) -> dict[str, Any]:
         """Teacher weights and buffers, memory banks (+ pointers), the buffer-sync flag and

@@ -22,17 +22,19 @@ key the experiment config left at the dataset preset's value; `--key=value` alwa
 | `backbone` | resnet101 | resnet101 |
 | `momentum`, `weight_decay`, `lr_power`, `warm_up_epoch` | 0.9, 1e-4, 0.9, 0 | same |
 | `unimatch_scale_range` | (0.5, 2.0) | (0.5, 2.0) |
+| `unimatch_eval_mode` (with `--eval_protocol=official`) | original | sliding_window |
 
 Keys of the method (`config_keys`): `unimatch_conf_thresh`, `unimatch_lr_multi`,
 `unimatch_scale_range`, `unimatch_mix_partner` ("same": official, the same unlabeled image
 with independent augmentation; "different": another image, opt-in) and `unimatch_eval_mode`
-("evaluator": the project's evaluator, default; "original" / "sliding_window": UniMatch's own
-protocol through `unimatch_eval.evaluate_unimatch`, see `unimatch_eval_settings`).
+(UniMatch's own protocol, `unimatch_eval.evaluate_unimatch`, which `eval.py
+--eval_protocol=official` runs: "original", whole image, or "sliding_window").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,14 +45,12 @@ from torch import Tensor, nn
 from ..config import ConfigError
 from ..data.unimatch_views import MIX_PARTNERS, UniMatchView, UniMatchViewSettings
 from ..models import ModelSettings, build_model
-from .base import Method, StepInfo
-from .unimatch_eval import EVAL_MODES
+from .base import Method, OfficialEvaluator, StepInfo
+from .unimatch_eval import EVAL_MODES, evaluate_unimatch
 from .unimatch_losses import build_criterion_l
 from .unimatch_optim import build_unimatch_optimizer, lr_for_step, set_unimatch_lr
 from .unimatch_presets import UNIMATCH_PRESETS
 from .unimatch_step import unimatch_forward_loss
-
-EVAL_CHOICES = ("evaluator", *EVAL_MODES)
 
 # view key -> key of `unimatch_forward_loss` (the labeled pair is "img"/"gt" like every view).
 _RENAMED = {"img": "img_x", "gt": "mask_x"}
@@ -73,6 +73,7 @@ def _official(preset: str) -> dict[str, Any]:
         "lr_power": 0.9,
         "warm_up_epoch": 0,
         "unimatch_scale_range": tuple(p["scale_range"]),
+        "unimatch_eval_mode": p["eval_mode"],
     }
     criterion = p["criterion"]
     if criterion["name"] == "OHEM":
@@ -106,7 +107,6 @@ class UniMatchSettings:
     momentum: float
     weight_decay: float
     total_iters: int
-    eval_mode: str = "evaluator"
 
 
 class UniMatch(Method):
@@ -123,14 +123,14 @@ class UniMatch(Method):
         "unimatch_lr_multi": 10.0,
         "unimatch_scale_range": (0.5, 2.0),
         "unimatch_mix_partner": "same",
-        "unimatch_eval_mode": "evaluator",
+        "unimatch_eval_mode": "original",
     }
     config_help: ClassVar[Mapping[str, str]] = {
         "unimatch_conf_thresh": "confidence threshold of the unlabeled losses (0.95 VOC, 0 Cityscapes)",
         "unimatch_lr_multi": "lr multiplier of every non-backbone parameter (10 VOC, 1 Cityscapes)",
         "unimatch_scale_range": "random resize range of the weak view (official (0.5, 2.0))",
         "unimatch_mix_partner": "CutMix partner: same (official: same image, new augmentation) | different",
-        "unimatch_eval_mode": "evaluator (ours) | original | sliding_window (UniMatch's own protocol)",
+        "unimatch_eval_mode": "UniMatch's own protocol (--eval_protocol=official): original (VOC) | sliding_window (Cityscapes)",
     }
 
     def __init__(
@@ -157,10 +157,12 @@ class UniMatch(Method):
                 f"C.unimatch_mix_partner = {C.get('unimatch_mix_partner')!r}: expected one of "
                 f"{', '.join(MIX_PARTNERS)} (same: official)"
             )
-        if C.get("unimatch_eval_mode") not in EVAL_CHOICES:
+        if C.get("unimatch_eval_mode") not in EVAL_MODES:
+            # "evaluator" was the project's evaluator before --eval_protocol existed.
+            hint = " (the project's evaluator is --eval_protocol=cpcl)"
             raise ConfigError(
                 f"C.unimatch_eval_mode = {C.get('unimatch_eval_mode')!r}: expected one of "
-                f"{', '.join(EVAL_CHOICES)}"
+                f"{', '.join(EVAL_MODES)}{hint if C.get('unimatch_eval_mode') == 'evaluator' else ''}"
             )
         lo_hi = C.get("unimatch_scale_range")
         if (
@@ -206,7 +208,6 @@ class UniMatch(Method):
             momentum=float(C.momentum),
             weight_decay=float(C.weight_decay),
             total_iters=int(C.nepochs * C.niters_per_epoch),
-            eval_mode=str(C.unimatch_eval_mode),
         )
         view = UniMatchViewSettings(
             crop_size=int(C.image_height),
@@ -282,16 +283,22 @@ class UniMatch(Method):
 
         return unwrap(model)
 
+    @classmethod
+    def official_evaluator(cls, C: Any) -> OfficialEvaluator:
+        """UniMatch's own protocol (`evaluate_unimatch`, mode `C.unimatch_eval_mode`)."""
+        s = unimatch_eval_settings(C)
+        label = f"unimatch official: {s['mode']}" + (
+            f" (windows {s['crop_size']}, softmax sums)" if s["mode"] == "sliding_window" else ""
+        )
+        return OfficialEvaluator(label, functools.partial(evaluate_unimatch, **s))
 
-def unimatch_eval_settings(C: Any) -> dict[str, Any] | None:
-    """Keyword arguments of `unimatch_eval.evaluate_unimatch` for a finalized config, or None
-    when `C.unimatch_eval_mode` is "evaluator" (the project's evaluator)."""
-    mode = C.get("unimatch_eval_mode", "evaluator")
-    if mode == "evaluator":
-        return None
+
+def unimatch_eval_settings(C: Any) -> dict[str, Any]:
+    """Keyword arguments of `unimatch_eval.evaluate_unimatch` for a finalized config (the
+    sliding-window grid is the training crop, `crop_size` in UniMatch's configs)."""
     return {
         "num_classes": int(C.num_classes),
-        "mode": mode,
+        "mode": str(C.unimatch_eval_mode),
         "crop_size": int(C.image_height),
         "mean": tuple(C.image_mean),
         "std": tuple(C.image_std),

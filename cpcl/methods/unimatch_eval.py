@@ -53,7 +53,6 @@ def unimatch_predict(
     return final.argmax(dim=1)
 
 
-@torch.no_grad()
 def evaluate_unimatch(
     net: Callable[[Tensor], Tensor],
     dataset: Any,
@@ -64,28 +63,27 @@ def evaluate_unimatch(
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
     device: torch.device | str = "cpu",
+    exports: Any = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """mIoU of `net` on `dataset` (`load(i) -> (uint8 RGB, label, name)`) with UniMatch's protocol.
 
     One image at a time, normalised as UniMatch (`unimatch_normalize_lut`), predicted with
-    `unimatch_predict(net, img, mode, crop_size)`; returns `cpcl.metrics.scores` of the summed
-    confusion matrix (label 255 not counted). The official `mIOU` is the mean over ALL
+    `unimatch_predict(net, img, mode, crop_size)`; returns `cpcl.metrics.scores_all_classes` of
+    the summed confusion matrix (label 255 not counted): the official `mIOU`, the mean over ALL
     classes of intersection / (union + 1e-10), so a class absent from both prediction and
-    ground truth counts 0 there and is left out here (nanmean): equal whenever every class
-    occurs. `net` should be in eval mode.
+    ground truth counts 0. Plus ``hist`` and ``num_images``; `exports` (a
+    `cpcl.evaluate.Exports`) writes each prediction. `net` should be in eval mode.
     """
     from ..data.unimatch_views import unimatch_normalize_lut
-    from ..metrics import confusion_matrix, scores
+    from ..evaluate.dataset import evaluate_images, lut_normalise
 
     if mode not in EVAL_MODES:
         raise CpclError(f"UniMatch eval mode={mode!r}: expected one of {EVAL_MODES}")
-    lut = torch.from_numpy(unimatch_normalize_lut(mean, std))
-    hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for i in range(len(dataset)):
-        img, label, name = dataset.load(i)
-        if label is None:
-            raise CpclError(f"UniMatch evaluation: image {name!r} has no label")
-        x = lut[torch.from_numpy(img).long(), torch.arange(3)].permute(2, 0, 1)[None]
-        pred = unimatch_predict(net, x.to(device), mode, crop_size)[0].cpu()
-        hist += confusion_matrix(pred, torch.from_numpy(label).long(), num_classes)
-    return scores(hist)
+    lut = torch.from_numpy(unimatch_normalize_lut(mean, std)).to(device)
+
+    def predict(img: Any, label: Any) -> tuple[Tensor, Any]:
+        x = lut_normalise(img, lut)
+        return unimatch_predict(net, x, mode, crop_size)[0], label
+
+    return evaluate_images(dataset, predict, num_classes, exports=exports, progress=progress)

@@ -80,6 +80,9 @@ def defaults() -> EasyDict:
     C.eval_branch = "1"  # 1 (official) | 2 | avg
     C.eval_every = 0  # evaluate every K epochs during training (0: off, official)
     C.eval_window_batch = 0  # network inputs per forward; 0: sized to the device (auto)
+    # eval.py / evaluate_snapshot: cpcl (this evaluator, CPCL's official protocol) | official
+    # (the method's own protocol, `Method.official_evaluator`: U2PL's, UniMatch's).
+    C.eval_protocol = "cpcl"
 
     # --- snapshots and display ---
     C.snapshot_iter = 2

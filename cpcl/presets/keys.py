@@ -75,6 +75,7 @@ KEY_HELP: dict[str, str] = {
     "eval_branch": "network evaluated: 1 (official), 2 or avg",
     "eval_every": "evaluate on the validation split every K epochs (0: off, official)",
     "eval_window_batch": "sliding windows per network call",
+    "eval_protocol": "eval.py: cpcl (the project's evaluator, default) | official (the method's own: u2pl, unimatch)",
     # --- snapshots and display ---
     "snapshot_iter": "a numbered snapshot every K epochs after the first sixth (and the last)",
     "snapshot_weights_only": "numbered snapshots hold weights only (epoch-last.pth stays complete)",

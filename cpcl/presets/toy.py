@@ -5,10 +5,12 @@ DeepLabv3+ ResNet-18 branches from scratch, 64x64 crops, 1/8 of the images label
 iterations. Mild scale augmentation because the toy objects are small; every other value
 is the official VOC preset.
 
-Semi-supervised benchmark: the same scenes, but few labeled images (1/8 of 128 = 16), so that
-training on the labeled part alone is data-limited as in the paper's low-label settings, and
-both branches start from a backbone pre-trained on the other toy shapes (cpcl.toy_pretrain,
-the stand-in for ImageNet weights).
+Semi-supervised benchmark: the same scenes, but few labeled images (1/16 of 128 = 8, the other
+120 unlabeled), so that training on the labeled part alone is data-limited as in the paper's
+low-label settings, and every network starts from a backbone pre-trained on the other toy
+shapes (cpcl.toy_pretrain, the stand-in for ImageNet weights). 120 iterations in 4 epochs of 30,
+so that U2PL's one supervised-only epoch is a quarter of the schedule, as short as the
+epochs allow.
 """
 
 NUM_CLASSES = 6
@@ -41,7 +43,7 @@ QUICKSTART_OVERRIDES = (
     "--train_scale_array=0.75,1,1.25",
     "--num_workers=2",
     "--snapshot_iter=1",
-    "--display_iter=10",
+    "--display_iter=20",
     "--eval_crop_size=144",
 )
 
@@ -57,8 +59,15 @@ def exp_voc_toy_commands() -> tuple[str, str]:
 
 # --- semi-supervised benchmark (scripts/bench_semisup.py) ---
 SEMISUP_DATA = dict(TOY_DATA, n_train=128, vary_size=True, seed=0)
+SEMISUP_SEEDS = (0, 1, 2)  # fine-tuning seeds of the default run
 PRETRAIN = dict(backbone="resnet18", iters=400, batch_size=16, size=64, lr=0.05, seed=0)
-_SEMISUP_CHANGES = ("--nepochs=2", "--niters_per_epoch=60", "--num_workers=1", "--display_iter=20")
+_SEMISUP_CHANGES = (
+    "--labeled_ratio=16",
+    "--nepochs=4",
+    "--niters_per_epoch=30",
+    "--num_workers=1",
+    "--display_iter=20",
+)
 # The quickstart settings with those changes; the benchmark adds --pretrained_model itself.
 SEMISUP_OVERRIDES = (
     *(

@@ -1,0 +1,61 @@
+"""scripts/bench_semisup.py: the summary (gain, margin, target) and the parallelism flags."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_semisup", REPO / "scripts/bench_semisup.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(table: dict[str, list[float]]) -> dict[tuple[str, int], tuple[float, float]]:
+    return {(m, s): (v / 100, 10.0) for m, vs in table.items() for s, v in enumerate(vs)}
+
+
+def test_summary_gain_margin_and_target(bench):
+    table = {"sup": [30.0, 34.0, 32.0], "cps": [40.0, 38.0, 42.0], "cpcl": [36.0, 50.0, 40.0]}
+    rows = {r["method"]: r for r in bench.summarize(_results(table), list(table), [0, 1, 2])}
+    assert "gain_over_sup" not in rows["sup"] and rows["sup"]["miou_mean"] == pytest.approx(32.0)
+    assert rows["cps"]["gain_over_sup"] == pytest.approx(8.0)
+    assert rows["cps"]["margin_over_best_sup"] == pytest.approx(4.0)  # 38 - 34
+    assert rows["cps"]["target_met"]
+    # A large mean gain does not hide a seed that is not above every sup seed... (36 > 34 here)
+    assert rows["cpcl"]["margin_over_best_sup"] == pytest.approx(2.0) and rows["cpcl"]["target_met"]
+    table["cpcl"][0] = 33.0  # ...but one seed below the best sup seed misses the target
+    rows = {r["method"]: r for r in bench.summarize(_results(table), list(table), [0, 1, 2])}
+    assert rows["cpcl"]["margin_over_best_sup"] == pytest.approx(-1.0)
+    assert not rows["cpcl"]["target_met"]
+    table["cps"] = [36.0, 35.0, 36.0]  # above every sup seed, but a mean gain under 5 points
+    rows = {r["method"]: r for r in bench.summarize(_results(table), list(table), [0, 1, 2])}
+    assert not rows["cps"]["target_met"]
+    assert "MISSED" in bench.format_table(list(rows.values()))
+
+
+def test_parallelism_defaults(bench, monkeypatch):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    parser = argparse.ArgumentParser()
+    for given, expected in (
+        ((None, None), (4, 1)),
+        ((None, 2), (2, 2)),
+        ((1, None), (1, 4)),
+        ((3, 3), (3, 3)),
+    ):
+        args = argparse.Namespace(jobs=given[0], threads=given[1])
+        bench._resolve_parallelism(parser, args)
+        assert (args.jobs, args.threads) == expected
+    with pytest.raises(SystemExit):
+        bench._resolve_parallelism(parser, argparse.Namespace(jobs=0, threads=None))
