@@ -43,7 +43,7 @@ QUICKSTART_OVERRIDES = (
     "--train_scale_array=0.75,1,1.25",
     "--num_workers=2",
     "--snapshot_iter=1",
-    "--display_iter=20",
+    "--display_iter=10",
     "--eval_crop_size=144",
 )
 
