@@ -59,3 +59,14 @@ def test_parallelism_defaults(bench, monkeypatch):
         assert (args.jobs, args.threads) == expected
     with pytest.raises(SystemExit):
         bench._resolve_parallelism(parser, argparse.Namespace(jobs=0, threads=None))
+
+
+def test_overall_target_needs_compared_rows(bench):
+    only_sup = bench.summarize(_results({"sup": [30.0, 31.0]}), ["sup"], [0, 1])
+    assert bench.overall_target(only_sup) is None
+    no_sup = bench.summarize(_results({"cps": [40.0, 41.0]}), ["cps"], [0, 1])
+    assert "target_met" not in no_sup[0] and bench.overall_target(no_sup) is None
+    table = {"sup": [30.0, 31.0], "cps": [40.0, 41.0], "cpcl": [30.5, 45.0]}
+    rows = bench.summarize(_results(table), list(table), [0, 1])
+    assert bench.overall_target(rows) is False
+    assert "MISSED" in bench.format_table(no_sup + rows) and "met" in bench.format_table(rows)
