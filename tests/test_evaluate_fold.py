@@ -14,15 +14,7 @@ from cpcl.models import Network
 
 def _network(num_classes: int = 5, backbone: str = "resnet18") -> Network:
     torch.manual_seed(0)
-    model = Network(num_classes, backbone=backbone)
-    # Non-trivial statistics and affine parameters: the fold must carry all four.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-    return model.eval()
+    return _randomise_bn(Network(num_classes, backbone=backbone))
 
 
 def _batchnorms(net: torch.nn.Module) -> int:
@@ -149,3 +141,39 @@ def test_dataset_evaluation_of_a_live_network_does_not_fold_it():
     assert list(model.modules()) == modules and model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def _randomise_bn(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters (the fold must carry all four), eval."""
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("method", ["u2pl", "unimatch"])
+def test_u2pl_and_unimatch_eval_networks_fold(method: str):
+    """The eval networks of U2PL (teacher wrapper) and UniMatch trace, so the eval CLI folds
+    them too (an untraceable one would silently stay unfolded), with equal outputs."""
+    if method == "u2pl":
+        from cpcl.methods.u2pl import U2PLEvalNet
+        from cpcl.models.u2pl_net import U2PLNet
+
+        net = U2PLEvalNet(U2PLNet(6, "resnet18"))
+    else:
+        from cpcl.models.unimatch_net import UniMatchDeepLabV3Plus
+
+        net = UniMatchDeepLabV3Plus(6, "resnet18")
+    net = _randomise_bn(net).double()
+    folded = fold_batchnorm(net)
+    assert isinstance(folded, FoldedNet) and folded.folded > 0
+    assert _batchnorms(folded) == _batchnorms(net) - folded.folded
+    x = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = net(x), folded(x)
+    assert out.shape == ref.shape == (2, 6, 48, 64)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-12

@@ -56,7 +56,9 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Seq
 
 
 def _up(x: Tensor, size: Sequence[int]) -> Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    # `size` is passed as given (no tuple(...)): a torch.fx trace (`fold_batchnorm`) cannot
+    # iterate the traced `x.shape[-2:]`.
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 class ASPPPooling(nn.Module):
