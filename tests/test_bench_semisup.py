@@ -70,3 +70,25 @@ def test_overall_target_needs_compared_rows(bench):
     rows = bench.summarize(_results(table), list(table), [0, 1])
     assert bench.overall_target(rows) is False
     assert "MISSED" in bench.format_table(no_sup + rows) and "met" in bench.format_table(rows)
+
+
+def test_run_one_settings_and_snapshot_cleanup(bench, tmp_path, monkeypatch):
+    """A run trains with the protocol's keys plus the method's own lr, returns the evaluated
+    mIoU and deletes its snapshots (15 runs x ~270 MB would otherwise pile up in the temp dir)."""
+    seen = {}
+    snap = tmp_path / "snap"
+
+    def fake_fit(C, root):
+        seen["lr"], seen["method"], seen["seed"] = C.lr, C.method, C.seed
+        snap.mkdir()
+        (snap / "epoch-last.pth").write_bytes(b"x")
+        return {"snapshot_dir": str(snap)}
+
+    monkeypatch.setattr(bench, "fit", fake_fit)
+    monkeypatch.setattr(bench, "finalize", lambda C, root: C)
+    monkeypatch.setattr(bench, "evaluate_snapshot", lambda *a, **k: {"miou": 0.25})
+    out = str(tmp_path / "run")
+    for method, lr in (("cps", 0.01), ("u2pl", 0.001)):
+        miou = bench.run_one(method, 3, str(tmp_path), str(tmp_path / "bb.pth"), out, [])
+        assert miou == 0.25 and not snap.exists()
+        assert seen == {"lr": pytest.approx(lr), "method": method, "seed": 3}
