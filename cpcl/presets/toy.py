@@ -62,16 +62,18 @@ def exp_voc_toy_commands() -> tuple[str, str]:
 SEMISUP_DATA = dict(TOY_DATA, n_train=128, vary_size=True, seed=0)
 SEMISUP_SEEDS = (0, 1, 2)  # fine-tuning seeds of the default run
 PRETRAIN = dict(backbone="resnet18", iters=400, batch_size=16, size=64, lr=0.05, seed=0)
+_SEMISUP_EPOCHS = 4
 _SEMISUP_CHANGES = (
     "--labeled_ratio=16",
     # Fine-tuning a pre-trained backbone: at the quickstart's 0.05 (from scratch) `sup` swung
     # by up to 13 points between seeds; at 0.01 its seeds agree within a point.
     "--lr=0.01",
-    "--nepochs=4",
+    f"--nepochs={_SEMISUP_EPOCHS}",
     "--niters_per_epoch=30",
     "--num_workers=1",
     "--display_iter=20",
-    "--snapshot_iter=4",  # only the last epoch's snapshot is written
+    # A numbered snapshot every nepochs epochs: only the last epoch's is written.
+    f"--snapshot_iter={_SEMISUP_EPOCHS}",
 )
 # The quickstart settings with those changes; the benchmark adds --pretrained_model itself.
 SEMISUP_OVERRIDES = (
