@@ -39,7 +39,9 @@ from typing import Any
 
 from easydict import EasyDict
 
-from .errors import CpclError
+from .errors import ConfigError
+from .methods import get_method, method_names
+from .presets.keys import KEY_HELP
 
 PRESETS = ("voc", "cityscapes")
 
@@ -74,10 +76,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _NONE = {"none", "null"}
-
-
-class ConfigError(CpclError, ValueError):
-    """A bad configuration key or value; the message names the key and what was expected."""
 
 
 def load_preset(name: str) -> EasyDict:
@@ -166,8 +164,6 @@ def _parse_args(args: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _method_class(name: str) -> Any:
-    from .methods import get_method, method_names  # the methods import this module: late
-
     if name not in method_names():
         raise ConfigError(f"C.method = {name!r}: expected one of {', '.join(method_names())}")
     return get_method(name)
@@ -270,7 +266,6 @@ def key_help(C: EasyDict) -> str:
 
     The lines come from `cpcl/presets/keys.py` and the method's `config_help`.
     """
-    from .presets.keys import KEY_HELP
 
     helps = {**KEY_HELP, **_method_class(C.method).config_help} if "method" in C else KEY_HELP
     width = max(len(k) for k in C) + 2

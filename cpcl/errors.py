@@ -5,6 +5,10 @@ class CpclError(Exception):
     """Base class for errors caused by user input (files, configs, checkpoints)."""
 
 
+class ConfigError(CpclError, ValueError):
+    """A bad configuration key or value; the message names the key and what was expected."""
+
+
 class DataError(CpclError):
     """A dataset root, list file, image or label that cannot be used; the message names it."""
 

@@ -1,7 +1,7 @@
 """Losses: the generic supervised criteria (cross-entropy, OHEM).
 
 The CPCL and CPS pseudo-supervision live with their methods (`cpcl.methods.cpcl`,
-`cpcl.methods.cps`); their names are re-exported here for existing callers.
+`cpcl.methods.cps`).
 
 Everything here stays on the logits' device and never copies to the host (no `.item()`,
 no NumPy, no sklearn), so a training iteration does not stall on a device sync.
@@ -185,21 +185,3 @@ def build_sup_criterion(C: Any, per_rank_batch: int) -> nn.Module:
             use_weight=True,
         )
     raise CpclError(f"C.sup_loss = {kind!r}: expected one of ce, ohem")
-
-
-# Names that moved to their methods' modules, still importable from here. Resolved on first
-# use: the method modules import this module, so a top-level import would be circular.
-_MOVED = {
-    "cpcl_pseudo_supervision": "cpcl",
-    "pseudo_label_confusion": "cpcl",
-    "disagreement_weight": "cpcl",
-    "cps_loss": "cps",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"cpcl.methods.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,6 +30,7 @@ from cpcl.config import finalize, load_preset
 from cpcl.data.cutmix import BoxMaskSettings, box_masks
 from cpcl.data.loaders import build_train_loader
 from cpcl.data.transforms import TrainTransform
+from cpcl.methods import get_method
 
 SIZES = {"voc": [(375, 500), (500, 375), (333, 500), (375, 500)], "cityscapes": [(1024, 2048)]}
 EXT = {"voc": ".jpg", "cityscapes": ".png"}
@@ -113,7 +114,8 @@ def loader_time(name: str, ds: FileDataset, workers: int, batch: int, iters: int
     C.niters_per_epoch = iters + 1
     C = finalize(C, root=tempfile.gettempdir(), n_labeled=len(ds), n_unlabeled=len(ds))
     unl = FileDataset(ds.images, None)
-    loader = build_train_loader(C, labeled=ds, unlabeled=unl)
+    view = get_method(C.method).from_config(C, per_rank_batch=batch).data_view()
+    loader = build_train_loader(C, view=view, labeled=ds, unlabeled=unl)
     it = iter(loader)
     next(it)  # worker start-up and first prefetch are not steady state
     t0 = time.perf_counter()

@@ -50,7 +50,7 @@ import torch
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate import evaluate_snapshot
+from cpcl.evaluate.cli import evaluate_snapshot
 from cpcl.methods import method_names
 from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES, SEMISUP_SEEDS
 from cpcl.toy_pretrain import pretrain_toy_backbone

@@ -26,6 +26,7 @@ import torch
 
 from cpcl.engine import train_step
 from cpcl.losses import ProbOhemCrossEntropy2d
+from cpcl.methods import get_method
 from cpcl.models import ModelSettings, build_model
 from cpcl.optim import build_optimizers
 
@@ -112,12 +113,11 @@ class _Setting:
             self.opts,
             self.batch,
             0.005,
-            sup_criterion=self.crit,
-            unsup_weight=1.0,
-            method=self.args.method,
+            method=get_method(self.args.method)(
+                sup_criterion=self.crit, unsup_weight=1.0, fused_teacher=self.args.fused_teacher
+            ),
             amp=self.amp,
             scaler=self.scaler,
-            fused_teacher=self.args.fused_teacher,
         )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -37,7 +37,7 @@ from cpcl.data.datasets import build_dataset, palette_for, resolve_class_names
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
 from cpcl.errors import CpclError
-from cpcl.evaluate import evaluate_snapshot
+from cpcl.evaluate.cli import evaluate_snapshot
 from cpcl.metrics import format_iou_table
 from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 

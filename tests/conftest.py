@@ -113,7 +113,7 @@ def det_network(det_weights, golden_dir: Path, keys_file: str):
 
 class StopAfter:
     """Wraps `cpcl.engine.train_step` and sends SIGTERM to this process after `n` calls
-    (preemption); install with `monkeypatch.setattr(engine, "train_step", StopAfter(n))`."""
+    (preemption); install with `monkeypatch.setattr(engine.loop, "train_step", StopAfter(n))`."""
 
     def __init__(self, n: int) -> None:
         import cpcl.engine as engine

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from cpcl import dist as cdist
 from cpcl.engine import train_step
-from cpcl.losses import cpcl_pseudo_supervision
+from cpcl.methods.cpcl import CPCL, cpcl_pseudo_supervision
 from cpcl.models import Network
 from cpcl.optim import build_optimizers
 
@@ -61,8 +61,9 @@ def _train_worker(rank: int, world: int, port: int, out: str) -> None:
             opts,
             _batch(1000 * it + rank),  # each rank sees its own shard
             0.01,
-            sup_criterion=torch.nn.CrossEntropyLoss(ignore_index=255),
-            unsup_weight=1.0,
+            method=CPCL(
+                sup_criterion=torch.nn.CrossEntropyLoss(ignore_index=255), unsup_weight=1.0
+            ),
             grad_sync=lambda: cdist.allreduce_grads(model),
         )
     torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, f"{out}/rank{rank}.pt")

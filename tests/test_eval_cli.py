@@ -16,7 +16,8 @@ from cpcl.checkpoint import save_checkpoint
 from cpcl.config import finalize, load_preset
 from cpcl.data.datasets import build_dataset, voc_palette
 from cpcl.errors import CpclError
-from cpcl.evaluate import evaluate_dataset, main, parse_devices, resolve_checkpoints
+from cpcl.evaluate import evaluate_dataset
+from cpcl.evaluate.cli import main, parse_devices, resolve_checkpoints
 from cpcl.models import Network
 
 # ------------------------------------------------------------------ -e resolution

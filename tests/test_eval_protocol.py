@@ -16,10 +16,10 @@ import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.datasets import build_dataset
-from cpcl.evaluate import evaluate_snapshot, main
+from cpcl.evaluate.cli import evaluate_snapshot, main
 from cpcl.methods import eval_net_from_checkpoint
-from cpcl.methods.u2pl_eval import evaluate_u2pl
-from cpcl.methods.unimatch_eval import evaluate_unimatch
+from cpcl.methods.u2pl.eval import evaluate_u2pl
+from cpcl.methods.unimatch.eval import evaluate_unimatch
 
 # eval_crop_size: U2PL's VOC default is the official val crop 513; small here.
 RUNS = {

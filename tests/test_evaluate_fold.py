@@ -161,11 +161,11 @@ def test_u2pl_and_unimatch_eval_networks_fold(method: str):
     them too (an untraceable one would silently stay unfolded), with equal outputs."""
     if method == "u2pl":
         from cpcl.methods.u2pl import U2PLEvalNet
-        from cpcl.models.u2pl_net import U2PLNet
+        from cpcl.methods.u2pl.net import U2PLNet
 
         net = U2PLEvalNet(U2PLNet(6, "resnet18"))
     else:
-        from cpcl.models.unimatch_net import UniMatchDeepLabV3Plus
+        from cpcl.methods.unimatch.net import UniMatchDeepLabV3Plus
 
         net = UniMatchDeepLabV3Plus(6, "resnet18")
     net = _randomise_bn(net).double()

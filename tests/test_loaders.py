@@ -11,6 +11,7 @@ import torch
 from cpcl.config import finalize, load_preset
 from cpcl.data.loaders import StretchSampler, build_train_loader
 from cpcl.errors import CpclError, DataError
+from cpcl.methods import get_method
 
 MEAN = np.array((0.485, 0.456, 0.406))
 STD = np.array((0.229, 0.224, 0.225))
@@ -43,9 +44,17 @@ def _config(n_lab=5, n_unl=13, batch=4, workers=0, **kw):
     return finalize(C, root="/tmp", n_labeled=n_lab, n_unlabeled=n_unl)
 
 
+def _view(C, world_size=1):
+    """The data view of `C.method` (the caller hands it to the loader)."""
+    return (
+        get_method(C.method).from_config(C, per_rank_batch=C.batch_size // world_size).data_view()
+    )
+
+
 def _loader(C, rank=0, world_size=1, n_lab=5, n_unl=13, bad=None):
     return build_train_loader(
         C,
+        view=_view(C, world_size),
         rank=rank,
         world_size=world_size,
         labeled=FakeDataset(n_lab, True),
@@ -214,4 +223,6 @@ def test_worker_data_error_reaches_main_process_cleanly():
 def test_unfinalized_config_is_rejected():
     C = load_preset("voc")
     with pytest.raises(CpclError, match="finalized"):
-        build_train_loader(C, labeled=FakeDataset(2, True), unlabeled=FakeDataset(2, False))
+        build_train_loader(
+            C, view=None, labeled=FakeDataset(2, True), unlabeled=FakeDataset(2, False)
+        )

@@ -15,15 +15,9 @@ from conftest import golden_cases, load_golden, max_rel_diff
 from easydict import EasyDict
 
 from cpcl.errors import CpclError
-from cpcl.losses import (
-    CITYSCAPES_CLASS_WEIGHTS,
-    ProbOhemCrossEntropy2d,
-    build_sup_criterion,
-    cpcl_pseudo_supervision,
-    cps_loss,
-    disagreement_weight,
-    pseudo_label_confusion,
-)
+from cpcl.losses import CITYSCAPES_CLASS_WEIGHTS, ProbOhemCrossEntropy2d, build_sup_criterion
+from cpcl.methods.cpcl import cpcl_pseudo_supervision, disagreement_weight, pseudo_label_confusion
+from cpcl.methods.cps import cps_loss
 
 # Golden README "Tolerances": losses and first-step gradients of a faithful implementation match
 # to about 1e-5 relative, integer outputs exactly. Measured (float32 and float64 runs on the

@@ -28,6 +28,11 @@ def _small_config(method: str = "cpcl", **kw):
     return finalize(C, root="/tmp", n_labeled=4, n_unlabeled=8)
 
 
+def _view(C):
+    """The data view of `C.method` (the caller hands it to the loader)."""
+    return get_method(C.method).from_config(C, per_rank_batch=C.batch_size).data_view()
+
+
 def test_registry_names_and_unknown_method_lists_choices():
     assert set(method_names()) >= {"sup", "cps", "cpcl"}
     for name in ("sup", "cps", "cpcl"):
@@ -82,12 +87,15 @@ class _Images:
 def test_sup_view_reads_no_unlabeled_image_and_matches_the_cpcl_labeled_part():
     C = _small_config("sup")
     lab = _Images(4, True)
-    loader = build_train_loader(C, labeled=lab, unlabeled=_Images(8, False, fail=True))
+    loader = build_train_loader(
+        C, view=_view(C), labeled=lab, unlabeled=_Images(8, False, fail=True)
+    )
     loader.set_epoch(0)
     sup_batch = next(iter(loader))
     assert set(sup_batch) == {"img", "gt"} and lab.reads == 2
+    C_cpcl = _small_config("cpcl")
     full = build_train_loader(
-        _small_config("cpcl"), labeled=_Images(4, True), unlabeled=_Images(8, False)
+        C_cpcl, view=_view(C_cpcl), labeled=_Images(4, True), unlabeled=_Images(8, False)
     )
     full.set_epoch(0)
     cpcl_batch = next(iter(full))

@@ -43,7 +43,7 @@ def test_read_only_snapshot_dir_fails_before_training(toy_voc_small, tmp_path, m
 
     monkeypatch.setattr(os, "open", read_only_open)
     steps = _CountSteps()
-    monkeypatch.setattr(engine, "train_step", steps)
+    monkeypatch.setattr(engine.loop, "train_step", steps)
     args = _args(toy_voc_small, tmp_path, f"--snapshot_dir={snap}")
     assert engine.main(load_preset("voc"), args) == 2
     err = capsys.readouterr().err
@@ -63,7 +63,7 @@ def test_stale_temp_of_a_killed_save_is_removed_at_start(toy_voc_small, tmp_path
     def stop(*args, **kwargs):  # fail before any save: only the start-up can clean
         raise engine.CpclError("stopped by the test")
 
-    monkeypatch.setattr(engine, "train_step", stop)
+    monkeypatch.setattr(engine.loop, "train_step", stop)
     assert engine.main(load_preset("voc"), _args(toy_voc_small, tmp_path)) == 2
     assert not stale.exists()
 

@@ -69,7 +69,7 @@ def test_interrupt_then_resume_reproduces_uninterrupted_run(
 ):
     reference = reference_run
 
-    monkeypatch.setattr(engine, "train_step", StopAfter(stop_after))
+    monkeypatch.setattr(engine.loop, "train_step", StopAfter(stop_after))
     part = engine.fit(_config(toy_root, tmp_path / "split"), root=str(tmp_path))
     assert part["interrupted"]
     snap = Path(part["snapshot_dir"])
@@ -100,7 +100,7 @@ def test_non_finite_loss_stops_with_iteration_and_parts(toy_root, tmp_path, monk
             out = dict(out, loss_unsup_union=torch.tensor(float("nan")))
         return out
 
-    monkeypatch.setattr(engine, "train_step", poisoned)
+    monkeypatch.setattr(engine.loop, "train_step", poisoned)
     C = _config(toy_root, tmp_path)
     with pytest.raises(engine.NonFiniteLossError) as err:
         engine.fit(C, root=str(tmp_path))

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..config import ConfigError
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..presets.toy import exp_voc_toy_commands
 from .splits import parse_split
 
 IGNORE_INDEX = 255
@@ -133,7 +133,6 @@ def resolve_class_names(
 
 def missing_data_help(dataset_name: str | None) -> str:
     """The expected folder tree and the two ways forward, for a dataset that is not there."""
-    from ..presets.toy import exp_voc_toy_commands
 
     make, train = exp_voc_toy_commands()
     return (

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import CpclError, DataError
+from .datasets import build_dataset
 from .views import DataView
 
 # Salts that keep the seed streams of the different consumers apart.
@@ -401,20 +402,21 @@ class TrainLoader:
 def build_train_loader(
     C: Any,
     *,
+    view: DataView,
     rank: int = 0,
     world_size: int = 1,
     labeled: SampleSource | None = None,
     unlabeled: SampleSource | None = None,
-    view: DataView | None = None,
 ) -> TrainLoader:
     """The training loader of a FINALIZED config `C` for one rank.
 
-    Each iteration yields the dict of `view` (default: the view of `C.method`; for CPS and
+    Each iteration yields the dict of `view` (the method's `data_view()`; for CPS and
     CPCL `{"img": (B,3,H,W) float32, "gt": (B,H,W) int64, "img_u0", "img_u1": (B,3,H,W)
     float32, "mask": (B,1,H,W) float32}`) with the per-rank batch
     `B = C.batch_size // world_size`, for exactly `C.niters_per_epoch` iterations. Only the
-    streams the view names are read (sup reads no unlabeled image).
-    `labeled` / `unlabeled` replace `build_dataset(C, "labeled" / "unlabeled")` (tests, tools).
+    streams the view declares (`view.streams`) are built and read (sup reads no unlabeled
+    image); `labeled` / `unlabeled` replace `build_dataset(C, "labeled" / "unlabeled")`
+    (tests, tools), any other declared stream is `build_dataset(C, name)`.
     """
     for key in ("max_samples", "niters_per_epoch"):
         if C.get(key) is None:
@@ -427,19 +429,10 @@ def build_train_loader(
             "expected a global batch that splits evenly over the ranks"
         )
     batch = C.batch_size // world_size
-    if view is None:
-        from ..methods import get_method  # the methods import this package: resolve late
-
-        view = get_method(C.method).from_config(C, per_rank_batch=batch).data_view()
-    needed = set(view.streams)
-    if ("labeled" in needed and labeled is None) or ("unlabeled" in needed and unlabeled is None):
-        from .datasets import build_dataset
-
-        if "labeled" in needed and labeled is None:
-            labeled = build_dataset(C, "labeled")
-        if "unlabeled" in needed and unlabeled is None:
-            unlabeled = build_dataset(C, "unlabeled")
-    sources = {"labeled": labeled, "unlabeled": unlabeled}
+    given = {"labeled": labeled, "unlabeled": unlabeled}
+    sources = {name: given.get(name) for name in view.streams}
+    if any(src is None for src in sources.values()):
+        sources = {n: build_dataset(C, n) if src is None else src for n, src in sources.items()}
     total = int(C.max_samples)
     seed = int(C.seed)
     if total // world_size < 1:

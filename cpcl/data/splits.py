@@ -36,7 +36,7 @@ WRITE_FORMATS = ("cps-voc", "cps-city", "unimatch")
 
 # A bare VOC-style id: no path separator, no extension.
 _BARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-_U2PL_CITY = re.compile(
+_LEFTIMG8BIT_LINE = re.compile(
     r"^leftImg8bit/(?P<split>[^/]+)/(?P<city>[^/]+)/(?P<stem>[^/]+)_leftImg8bit\.png$"
 )
 
@@ -65,7 +65,7 @@ def detect_layout(root: str | os.PathLike | None) -> str:
     return "cps"
 
 
-def _cps_voc_folder(list_path: str) -> str:
+def _pascal_zip_folder(list_path: str) -> str:
     # The official VOC loader takes the folder from the list's file name: names containing
     # "train" use train_aug/, other names use a folder named after the list (val.txt -> val/).
     # The CPS pseudoseg_* lists hold train ids but carry no "train" in their name, so any
@@ -94,7 +94,7 @@ def _parse_line(text: str, path: str, lineno: int, layout: str) -> tuple[str, En
             return "pairs", (_strip_root(fields[0]), label)
         if len(fields) == 1:
             token = fields[0]
-            m = _U2PL_CITY.match(_strip_root(token))
+            m = _LEFTIMG8BIT_LINE.match(_strip_root(token))
             if m:
                 label = f"gtFine/{m['split']}/{m['city']}/{m['stem']}_gtFine_labelTrainIds.png"
                 return "u2pl-city", (_strip_root(token), label)
@@ -104,7 +104,7 @@ def _parse_line(text: str, path: str, lineno: int, layout: str) -> tuple[str, En
                         f"JPEGImages/{token}.jpg",
                         f"SegmentationClassAug/{token}.png",
                     )
-                folder = _cps_voc_folder(path)
+                folder = _pascal_zip_folder(path)
                 return "cps-voc", (f"{folder}/image/{token}.jpg", f"{folder}/label/{token}.png")
     raise DataError(
         f"{path}, line {lineno}: cannot read {text!r}; expected one of: a bare image id "

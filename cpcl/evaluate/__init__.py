@@ -6,11 +6,12 @@
 * `settings`: `EvalSettings`, the protocol as one frozen object (`EvalSettings.from_config`);
 * `fold`: `fold_batchnorm`, an inference-only copy with BatchNorm folded into the convolutions;
 * `dataset`: `evaluate_dataset` (confusion matrix over a dataset and ranks) and the exports;
-* `cli`: the `exp_*/eval.py` command line (`main`) and `evaluate_snapshot`.
+* `cli`: the `exp_*/eval.py` command line (`main`) and `evaluate_snapshot`; it builds the
+  method's network (`cpcl.methods`), so it is not imported by this package (import
+  `cpcl.evaluate.cli`).
 """
 
 from .branch import BRANCHES, BranchMean, select_branch
-from .cli import evaluate_snapshot, main, parse_devices, resolve_checkpoints
 from .dataset import Exports, evaluate_dataset, save_prediction
 from .fold import FoldedNet, fold_batchnorm
 from .predict import (
@@ -33,12 +34,8 @@ __all__ = [
     "auto_window_batch",
     "eval_settings",
     "evaluate_dataset",
-    "evaluate_snapshot",
     "fold_batchnorm",
-    "main",
     "normalisation_lut",
-    "parse_devices",
-    "resolve_checkpoints",
     "save_prediction",
     "select_branch",
     "sliding_predict",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checkpoint import unwrap
+
 BRANCHES = ("1", "2", "avg")
 
 
@@ -34,7 +36,6 @@ def select_branch(model: nn.Module, branch: str) -> nn.Module:
     """
     if branch not in BRANCHES:
         raise ValueError(f"branch={branch!r}: expected one of {', '.join(BRANCHES)}")
-    from ..checkpoint import unwrap  # DDP / torch.compile wrappers hide .branch1/.branch2
 
     model = unwrap(model)
     if branch == "1":

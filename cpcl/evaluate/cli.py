@@ -17,9 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from torch import nn
 
+from ..checkpoint import extract_state_dict, load_checkpoint
+from ..config import ConfigError, _parse_args, apply_overrides, finalize, to_plain, validate
+from ..data.datasets import CITYSCAPES_EVAL_IDS, build_dataset, palette_for, resolve_class_names
 from ..errors import CheckpointError, CpclError
+from ..methods import eval_net_from_checkpoint, select_evaluator
 from ..metrics import format_iou_table, scores
 from .dataset import Exports, evaluate_dataset
 from .fold import fold_batchnorm
@@ -154,7 +159,6 @@ def adopt_stored_config(
     Returns `(C, notes)`: one line per command-line value that differs from the stored one (the
     command line wins). A stored `dataset_path` that no longer exists is not taken.
     """
-    from ..config import _parse_args, apply_overrides, validate
 
     given = dict(_parse_args(overrides))
     base = copy.deepcopy(C)
@@ -189,8 +193,6 @@ def _load_eval_net(C: Any, path: Path, device: torch.device | str) -> tuple[nn.M
     strictly, on `device`, BatchNorm folded (`fold_batchnorm`: the evaluator owns this copy);
     plus the checkpoint's stored epoch (None if absent). The checkpoint itself and the parts of
     the model that are not evaluated (e.g. the other branch) are released before evaluation."""
-    from ..checkpoint import extract_state_dict, load_checkpoint
-    from ..methods import eval_net_from_checkpoint  # late: keeps `import cpcl.evaluate` light
 
     ckpt = load_checkpoint(path)
     sd = extract_state_dict(ckpt, str(path))
@@ -225,7 +227,6 @@ def evaluate_snapshot(
     the method evaluates (`eval_net`) on `C`'s val split, with the protocol `C.eval_protocol`
     selects (cpcl: the project's evaluator; official: the method's own). The result's
     ``protocol`` names it."""
-    from ..data.datasets import build_dataset
 
     net, _ = _load_eval_net(C, Path(path), device)
     exports = Exports(save_dir, palette) if save_dir is not None else None
@@ -250,7 +251,6 @@ def _evaluate_net(
     progress: bool,
 ) -> dict[str, Any]:
     """`net` on `dataset` with the protocol of `C.eval_protocol`; ``protocol``: its label."""
-    from ..methods import select_evaluator
 
     evaluator = select_evaluator(C)
     if evaluator is None:
@@ -267,7 +267,6 @@ def _evaluate_net(
 
 def _exports(C: Any, args: argparse.Namespace) -> Exports | None:
     """The exports that -p / -s / --labelids ask for (None: nothing is written)."""
-    from ..data.datasets import CITYSCAPES_EVAL_IDS, palette_for
 
     if args.save_path is None:
         return None
@@ -289,9 +288,6 @@ def _shard_worker(
     queue: Any,
 ) -> None:
     """One process of a multi-GPU evaluation: its shard's hist (or an error) into `queue`."""
-    from easydict import EasyDict
-
-    from ..data.datasets import build_dataset
 
     try:
         cfg = EasyDict(C)
@@ -329,8 +325,6 @@ def _evaluate_checkpoint(
         net, epoch = _load_eval_net(C, path, devices[0])
         return _evaluate_net(C, net, dataset, devices[0], exports, True), epoch
     # Several GPUs: one process per device, each a strided shard; the hists are summed here.
-    from ..checkpoint import load_checkpoint
-    from ..config import to_plain
 
     epoch = _stored_epoch(load_checkpoint(path))
     ctx = torch.multiprocessing.get_context("spawn")
@@ -405,9 +399,6 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int:
-    from ..config import ConfigError, apply_overrides, finalize
-    from ..data.datasets import build_dataset, resolve_class_names
-    from ..methods import select_evaluator
 
     args, rest = _parser(prog).parse_known_args(list(argv))
     user_C = C

@@ -1,8 +1,12 @@
-"""Training methods, one module each, behind the `Method` interface of `cpcl.methods.base`.
+"""Training methods, one subpackage each, behind the `Method` interface of `cpcl.methods.base`.
 
-`get_method(C.method)` returns the method class; the registry maps each name to its module,
-imported only when asked for. To add a method: write `cpcl/methods/<name>.py` with a
-`Method` subclass called `METHOD`, add the name here, and see README "Adding a method".
+`get_method(C.method)` returns the method class; the registry maps each name to its package
+`cpcl/methods/<name>/`, imported only when asked for. Everything only one method uses (its
+`Method` subclass, exported as `METHOD`, losses, network, data view, presets, schedule,
+official evaluator) lives in its package; shared pieces live in `cpcl.models`, `cpcl.data`,
+`cpcl.evaluate` and `cpcl.methods.two_branch` and name no method. To add a method: write the
+package and add one line to `REGISTRY`; removing one is deleting its package, its line and
+its tests (`tests/methods/<name>/`); see README "Adding a method".
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_weights
 from ..errors import CpclError
 from .base import Method, OfficialEvaluator, StepInfo
 
-# C.method -> module under cpcl.methods (each defines METHOD, a Method subclass).
+# C.method -> package under cpcl.methods (each exports METHOD, a Method subclass).
 REGISTRY: dict[str, str] = {
     "cpcl": "cpcl",
     "cps": "cps",
@@ -86,8 +91,6 @@ def eval_net_from_checkpoint(
     `method_state` (e.g. an EMA teacher) and returns `eval_net(model)` in eval mode: a plain
     module `x (B,3,H,W) -> logits (B,C,H,W)` at the input size.
     """
-    from ..checkpoint import load_weights
-
     method = get_method(C.method).from_config(C, per_rank_batch=1)
     model = method.build_model(pretrained=False)
     load_weights(model, ckpt)

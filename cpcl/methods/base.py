@@ -1,6 +1,6 @@
 """The interface between the generic engine and one training method.
 
-A method is a subclass of `Method` in its own module (`cpcl/methods/<name>.py`), registered
+A method is a subclass of `Method` in its own package (`cpcl/methods/<name>/`), registered
 by name in `cpcl/methods/__init__.py`. The engine (`cpcl.engine`) owns everything that is the
 same for every method: devices, DDP and SyncBN, autocast, backward, gradient sync, the
 optimiser steps, the loop, snapshots, exact resume, SIGTERM, the NaN stop and logging. The
@@ -23,6 +23,8 @@ What a method provides (class attributes, then methods; see `Method` for signatu
 * `config_keys`: new config keys of the method with their defaults (prefix them with the
   method name, e.g. `u2pl_ema_decay`); they are added to `C` so `--key=value` works.
   `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
+* `streams`: the split lists the method trains on (default `("labeled", "unlabeled")`;
+  `sup`: `("labeled",)`); a split it does not declare is neither required nor read.
 * `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
 * `from_config(C, per_rank_batch=...)`: build the method object; read every value it needs
   from `C` here, once (the object then holds small settings, never `C`).
@@ -50,7 +52,7 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   (teacher weights, memory banks, counters); saved under `method_state` in checkpoints.
 * `official_evaluator(C)` (optional): the method's own official evaluation protocol as an
   `OfficialEvaluator`, which `eval.py --eval_protocol=official` and
-  `cpcl.evaluate.evaluate_snapshot` run on `eval_net`; None (default): the method's official
+  `cpcl.evaluate.cli.evaluate_snapshot` run on `eval_net`; None (default): the method's official
   protocol is the project's evaluator (CPCL's sliding windows).
 
 The evaluator needs only `cpcl.methods.eval_net_from_checkpoint(C, ckpt, device)`: build the
@@ -107,6 +109,10 @@ class Method:
     config_keys: ClassVar[Mapping[str, Any]] = {}
     # Batch keys `forward_loss` reads; `train_step` names the missing ones in its error.
     batch_keys: ClassVar[tuple[str, ...]] = ()
+    # The sample sets the method trains on, by split name ("labeled": images with masks,
+    # "unlabeled": images without). Only these split lists are required, read and counted
+    # (`cpcl.engine.resolve_run_config`); `data_view().streams` draws from them.
+    streams: ClassVar[tuple[str, ...]] = ("labeled", "unlabeled")
     # One line of meaning per key of `config_keys` (shown by `train.py --help`).
     config_help: ClassVar[Mapping[str, str]] = {}
 

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..data.cutmix import BoxMaskSettings
 from ..data.views import CutMixView, LabeledView, TransformSettings
-from ..errors import CpclError
+from ..errors import ConfigError, CpclError
+from ..evaluate.branch import select_branch
 from ..losses import at_least_float32, build_sup_criterion
 from ..models import ModelSettings, build_model
 from ..optim import WarmUpPolyLR, build_optimizers, set_lr
@@ -118,7 +119,6 @@ class TwoBranchMethod(Method):
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> TwoBranchMethod:
         """Read the official CPCL keys of a finalized config."""
-        from ..data.cutmix import BoxMaskSettings
 
         return cls(
             sup_criterion=build_sup_criterion(C, per_rank_batch),
@@ -174,7 +174,6 @@ class TwoBranchMethod(Method):
 
     def eval_net(self, model: nn.Module) -> nn.Module:
         """Branch 1 (official), branch 2 or their mean, per `C.eval_branch`."""
-        from ..evaluate.branch import select_branch  # late: the evaluator is not needed to train
 
         return select_branch(model, self.eval_branch)
 

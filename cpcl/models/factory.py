@@ -3,12 +3,11 @@
 `build_model(arch, settings)` builds a registered architecture from a `ModelSettings`:
 
 * "two_branch": the official CPCL `Network` (`branch1`, `branch2`; sup, CPS, CPCL);
-* "deeplabv3plus": one `SingleNetwork` (ResNet + DeepLabv3+ head + classifier);
-* "unimatch": UniMatch's `UniMatchDeepLabV3Plus` (official head and state-dict names); the
-  ImageNet file `pretrained` is UniMatch's bare-ResNet layout (`load_unimatch_pretrained`).
+* "deeplabv3plus": one `SingleNetwork` (ResNet + DeepLabv3+ head + classifier).
 
-Further architectures (e.g. the U2PL and UniMatch networks) register a builder in
-`ARCHITECTURES`: a function `(ModelSettings) -> nn.Module`.
+A network that only one method uses lives in that method's package (`cpcl/methods/<name>/`)
+and is built there; a shared one registers a builder in `ARCHITECTURES`: a function
+`(ModelSettings) -> nn.Module`.
 """
 
 from __future__ import annotations
@@ -54,20 +53,9 @@ def _single(s: ModelSettings) -> nn.Module:
     return SingleNetwork(s.num_classes, s.backbone, s.pretrained, s.bn_eps, s.bn_momentum)
 
 
-def _unimatch(s: ModelSettings) -> nn.Module:
-    # UniMatch's BN layers are plain BatchNorm2d(eps=1e-5, momentum=0.1): bn_* are not read.
-    from .unimatch_net import UniMatchDeepLabV3Plus, load_unimatch_pretrained
-
-    net = UniMatchDeepLabV3Plus(s.num_classes, s.backbone)
-    if s.pretrained:
-        load_unimatch_pretrained(net, s.pretrained)
-    return net
-
-
 ARCHITECTURES: dict[str, Callable[[ModelSettings], nn.Module]] = {
     "two_branch": _two_branch,
     "deeplabv3plus": _single,
-    "unimatch": _unimatch,
 }
 
 

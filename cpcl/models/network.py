@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_backbone_weights
 from .deeplabv3plus import Head
 from .resnet import BACKBONES
 
@@ -36,8 +37,6 @@ class SingleNetwork(nn.Module):
             bn_momentum=bn_momentum,
         )
         if pretrained:
-            from ..checkpoint import load_backbone_weights
-
             load_backbone_weights(self.backbone, pretrained)
         low, high = self.backbone.out_channels[0], self.backbone.out_channels[-1]
         self.head = Head(high, low, bn_eps=bn_eps, bn_momentum=bn_momentum)

@@ -1,0 +1,43 @@
+"""The generic training engine, one concern per module:
+
+* `step`: `train_step`, one iteration of any method (autocast, forward_loss, backward,
+  gradient sync, optimiser steps, after_step);
+* `loop`: `train_one_epoch` and `run_epochs`, the loop read top to bottom;
+* `meter`: logs kept on the device, the non-finite loss stop;
+* `signals`: SIGINT/SIGTERM end the loop at an iteration boundary;
+* `snapshot`: the snapshots the loop writes; `validate`: evaluation during training;
+* `setup`: the run's config, split lists of the method's streams, model, loader and state;
+* `run`: `fit`, the whole run (one process or one torchrun rank);
+* `cli`: `main`, the command line of `exp_*/train.py`.
+
+Tests that wrap the iteration patch `cpcl.engine.loop.train_step` (the name the loop calls).
+"""
+
+from ..errors import CpclError
+from ..models import Network
+from . import loop
+from .cli import main
+from .loop import LoopSettings, TrainState, epoch_label, run_epochs, train_one_epoch
+from .meter import NonFiniteLossError
+from .run import fit
+from .setup import resolve_run_config
+from .snapshot import RESUME_NAMES
+from .step import AMP_MODES, train_step
+
+__all__ = [
+    "AMP_MODES",
+    "RESUME_NAMES",
+    "CpclError",
+    "LoopSettings",
+    "Network",
+    "NonFiniteLossError",
+    "TrainState",
+    "epoch_label",
+    "fit",
+    "loop",
+    "main",
+    "resolve_run_config",
+    "run_epochs",
+    "train_one_epoch",
+    "train_step",
+]

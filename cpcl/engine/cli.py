@@ -1,0 +1,68 @@
+"""The command line of `exp_*/train.py`: `main(C, argv)`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import apply_overrides, key_help
+from ..errors import CpclError
+from ..methods import method_names
+from .run import fit
+
+
+def _help_config(C: Any, argv: Sequence[str]) -> str:
+    """The config table of `--help`, with the defaults of the method asked for (if valid)."""
+    methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
+    # An unknown method is reported when training starts; here C is shown as it is.
+    with contextlib.suppress(CpclError):
+        C = apply_overrides(C, [f"--method={m}" for m in methods[-1:]])
+    return key_help(C)
+
+
+def _finished(summary: dict[str, Any], rest: Sequence[str]) -> str:
+    """Where the snapshots went and the command that evaluates the last one."""
+    last = summary.get("last_snapshot")
+    lines = [f"snapshots: {summary['snapshot_dir']} (epoch-N.pth: N = 0-based epoch)"]
+    if last:
+        script = os.path.join(os.path.dirname(sys.argv[0]), "eval.py")
+        lines.append("evaluate:  " + shlex.join([sys.executable, script, "-e", last, *rest]))
+    return "\n".join(lines)
+
+
+def main(C: Any, argv: list[str] | None = None) -> int:
+    """Command-line entry of `exp_*/train.py`: `[-c CKPT] [--key=value ...]`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        description="Train a segmentation method (C.method: "
+        + ", ".join(method_names())
+        + "). Any config key below can be set with --key=value; values come from config.py. "
+        "Snapshots are named epoch-N.pth with N the 0-based epoch (official), plus "
+        "epoch-last.pth.",
+        epilog="config keys (--key=value; [current value]):\n" + _help_config(C, argv),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "-c", "--continue", dest="resume", metavar="CKPT", help="resume from this checkpoint"
+    )
+    args, rest = parser.parse_known_args(argv)
+    try:
+        C = apply_overrides(C, rest)
+        summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *argv])
+    except CpclError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary["interrupted"]:
+        print(
+            "training interrupted; resume with: -c "
+            + os.path.join(summary["snapshot_dir"], "interrupted.pth")
+        )
+    else:
+        print(_finished(summary, rest))
+    return 0
