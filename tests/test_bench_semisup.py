@@ -129,3 +129,19 @@ def test_committed_chart_data_is_consistent():
         assert row["miou_mean"] == pytest.approx(sum(row["per_seed"]) / 3, abs=0.01)
         if row["method"] != "sup":
             assert row["target_met"] and min(row["per_seed"]) > max(sup)
+
+
+def test_a_run_writes_its_chart_and_result_line(bench, tmp_path, monkeypatch, capsys):
+    """After the table, a run saves the JSON line next to the chart, so `--plot-from` can
+    redraw it later."""
+    table = {"sup": [20.0, 21.0], "cps": [30.0, 35.0]}
+    monkeypatch.setattr(bench, "is_complete", lambda *a: True)
+    monkeypatch.setattr(bench, "pretrain_toy_backbone", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "run_all", lambda args, extra: _results(table))
+    plot = tmp_path / "out" / "chart.png"
+    argv = ["--methods", "sup", "cps", "--seeds", "0", "1", "--plot", str(plot), "--jobs", "1"]
+    assert bench.main(argv) == 0
+    saved = json.loads(plot.with_suffix(".json").read_text())
+    printed = json.loads(next(ln for ln in capsys.readouterr().out.splitlines() if ln[:1] == "{"))
+    assert saved == printed and plot.stat().st_size > 0
+    assert [r["per_seed"] for r in saved["results"]] == [[20.0, 21.0], [30.0, 35.0]]
