@@ -1,7 +1,8 @@
 """Semi-supervised gain on the toy data: `sup`, `cps`, `cpcl`, `u2pl`, `unimatch`, same engine.
 
     python scripts/bench_semisup.py [--seeds 0 1 2] [--methods sup cps ...] [--pretrain-seed 0]
-                                    [--jobs N] [--threads T] [--key=value ...]
+                                    [--jobs N] [--threads T] [--plot PNG] [--key=value ...]
+    python scripts/bench_semisup.py --plot-from RESULT.json [--plot PNG]   # redraw, no training
 
 Protocol (`cpcl.presets.toy`: SEMISUP_DATA, SEMISUP_OVERRIDES, SEMISUP_SEEDS, PRETRAIN):
 1. the semi-supervised toy set (128 training images, 1/16 = 8 labeled) is written once;
@@ -28,7 +29,11 @@ float32 reduction order), `--amp=none` is the default.
 On a CPU the runs go to `--jobs` parallel processes with `--threads` threads each (default:
 one thread per core), because two single-thread processes train about twice as fast as one
 two-thread process on small inputs. Extra `--key=value` arguments override config keys of
-every run. Prints a table and one JSON line (`results[].method`, `miou_mean`, `per_seed`, ...).
+every run. Prints a table and one JSON line (`results[].method`, `miou_mean`, `per_seed`, ...),
+and writes that line to `<plot>.json` and a chart to `--plot` (default
+runs/bench_semisup/bench_semisup.png): every seed's mIoU as a point, each method's mean as a
+bar, `sup`'s range shaded. `--plot-from FILE` redraws the chart from a saved JSON line (or a
+saved output whose last JSON line is the result) without training.
 """
 
 from __future__ import annotations
@@ -54,10 +59,13 @@ from cpcl.evaluate.cli import evaluate_snapshot
 from cpcl.methods import method_names
 from cpcl.presets.toy import PRETRAIN, SEMISUP_DATA, SEMISUP_OVERRIDES, SEMISUP_SEEDS
 from cpcl.toy_pretrain import pretrain_toy_backbone
+from cpcl.viz import seed_chart
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_SEMISUP_RESULT "
 GAIN_TARGET = 5.0  # mIoU points over `sup` (issue #17)
+REFERENCE = "sup"  # the labeled-only baseline whose seed range the chart shades
+DEFAULT_PLOT = REPO / "runs" / "bench_semisup" / "bench_semisup.png"
 # Per-method additions to SEMISUP_OVERRIDES (see the module docstring): U2PL and UniMatch keep
 # their official 10x head lr, so their backbone lr is 0.001 (their official VOC value) and
 # every head trains at SEMISUP_OVERRIDES' 0.01.
@@ -200,6 +208,60 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_result(path: str) -> dict:
+    """The benchmark's JSON result from `path`: a file holding the JSON line, or a saved output
+    whose last line starting with `{` is it. Errors name the file and what was expected."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise SystemExit(f"--plot-from {path}: cannot read it ({err.strerror})") from None
+    candidates = [ln for ln in lines if ln.lstrip().startswith("{")]
+    if not candidates:
+        raise SystemExit(f"--plot-from {path}: no JSON line in it (expected the benchmark's)")
+    try:
+        result = json.loads(candidates[-1])
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--plot-from {path}: its last JSON line is not valid ({err})") from None
+    if result.get("bench") != "semisup" or not result.get("results"):
+        raise SystemExit(
+            f"--plot-from {path}: not a bench_semisup result (expected "
+            '"bench": "semisup" and a non-empty "results" list)'
+        )
+    return result
+
+
+def plot_result(result: dict, out: str) -> str:
+    """Draw `result` (the benchmark's JSON) as a PNG at `out`: per method every seed's mIoU as a
+    point and the mean as a bar, `sup`'s range shaded when it ran; returns `out`."""
+    rows = result["results"]
+    groups = [(r["method"], r["per_seed"]) for r in rows]
+    reference = [r["per_seed"] for r in rows if r["method"] == REFERENCE]
+    band = (min(reference[0]), max(reference[0])) if reference else None
+    parts = ["toy validation set"]
+    ratio = [o.split("=", 1)[1] for o in result.get("settings", []) if "labeled_ratio=" in o]
+    if ratio:
+        parts.append(f"1/{ratio[-1]} labeled")
+    seeds = ", ".join(map(str, result.get("seeds", [])))
+    parts.append(f"seeds {seeds} (points left to right)")
+    parts.append(f"pre-training seed {result.get('pretrain_seed')}")
+    threads = result.get("threads")
+    parts.append(f"{threads} thread{'s' if threads != 1 else ''} per run")
+    subtitle = "; ".join(parts)
+    image = seed_chart(
+        groups,
+        title="Semi-supervised gain on the toy data",
+        y_label="mIoU %",
+        band=band,
+        band_label=f"{REFERENCE} range (labeled images only)",
+        subtitle=subtitle,
+        # The JSON's own mean ± std: computed from unrounded values, unlike the rounded seeds.
+        captions=[f"{r['miou_mean']:.2f} ± {r['miou_std']:.2f}" for r in rows],
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    image.save(out, optimize=True)
+    return out
+
+
 def _resolve_parallelism(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill in `args.jobs` and `args.threads` (each defaults from the other and the CPU count)."""
     cpus = os.cpu_count() or 1
@@ -249,7 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None,
         help="torch threads of each run (default: cpu_count // jobs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--plot", default=None,
+        help=f"chart PNG (default {DEFAULT_PLOT.relative_to(REPO)}; with --plot-from: FILE.png)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot-from", metavar="FILE", default=None,
+        help="redraw the chart from a saved JSON result line, without training",
+    )  # fmt: skip
     args, extra = parser.parse_known_args(argv)
+    if args.plot_from is not None:
+        out = args.plot or str(Path(args.plot_from).with_suffix(".png"))
+        print(f"chart: {plot_result(load_result(args.plot_from), out)}")
+        return 0
     _resolve_parallelism(parser, args)
     if args.backbone is None:
         args.backbone = str(
@@ -270,21 +344,23 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwall time {wall / 60:.1f} min ({t_prep:.0f} s data + backbone), jobs={args.jobs}, "
         f"threads={args.threads}, pretrain seed {args.pretrain_seed}"
     )
-    print(
-        json.dumps(
-            {
-                "bench": "semisup",
-                "seeds": args.seeds,
-                "pretrain_seed": args.pretrain_seed,
-                "jobs": args.jobs,
-                "threads": args.threads,
-                "settings": [*SEMISUP_OVERRIDES, *extra],
-                "results": rows,
-                "target_met": overall_target(rows),
-                "wall_seconds": round(wall, 1),
-            }
-        )
-    )
+    result = {
+        "bench": "semisup",
+        "seeds": args.seeds,
+        "pretrain_seed": args.pretrain_seed,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "settings": [*SEMISUP_OVERRIDES, *extra],
+        "results": rows,
+        "target_met": overall_target(rows),
+        "wall_seconds": round(wall, 1),
+    }
+    line = json.dumps(result)
+    print(line)
+    plot = args.plot or str(DEFAULT_PLOT)
+    plot_result(result, plot)  # creates the folder
+    Path(plot).with_suffix(".json").write_text(line + "\n")
+    print(f"chart: {plot} (result: {Path(plot).with_suffix('.json')})")
     return 0
 
 

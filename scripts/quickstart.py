@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from cpcl import viz
 from cpcl.config import apply_overrides, finalize, load_preset
 from cpcl.data.datasets import build_dataset, palette_for, resolve_class_names
 from cpcl.data.toy import is_complete, make_toy_voc
@@ -45,19 +46,24 @@ REPO = Path(__file__).resolve().parents[1]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
-def picture_grid(dataset, pred_dir: str, palette: np.ndarray, out: str, n: int = 4) -> str:
-    """Write one PNG with rows image | ground truth | prediction for the first `n` images."""
-    rows = []
+def picture_grid(
+    dataset, pred_dir: str, palette: np.ndarray, names: list[str], out: str, n: int = 4
+) -> str:
+    """Write one PNG with rows image | ground truth | prediction for the first `n` images,
+    column titles, and a legend of the class colours (`names[c]` in `palette[c]`)."""
+    rows, ignored = [], False
     for i in range(min(n, len(dataset))):
         img, label, name = dataset.load(i)
         pred = cv2.imread(os.path.join(pred_dir, name + ".png"), cv2.IMREAD_GRAYSCALE)
         gt = palette[np.where(label == 255, 0, label)]
         gt[label == 255] = 255
-        row = np.concatenate([img, gt, palette[pred]], axis=1)
-        rows.append(cv2.resize(row, (3 * 128, 96), interpolation=cv2.INTER_NEAREST))
-    grid = np.concatenate(rows, axis=0)
-    grid = cv2.resize(grid, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    cv2.imwrite(out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        ignored |= bool((label == 255).any())
+        rows.append([img, gt, palette[pred]])
+    legend = [(c, tuple(int(v) for v in palette[k])) for k, c in enumerate(names)]
+    if ignored:  # white in the ground truth: pixels the evaluation does not score
+        legend.append(("ignored (255)", (255, 255, 255)))
+    titles = ["image", "ground truth", "prediction"]
+    viz.picture_grid(rows, titles, legend, cell=(256, 192)).save(out, optimize=True)
     return out
 
 
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     names = resolve_class_names("voc", C.num_classes, C.class_names)
     print(format_iou_table(result["iou"], result["pixel_acc"], names))
-    grid = picture_grid(val, pred_dir, palette, os.path.join(args.out, "quickstart_grid.png"))
+    grid = os.path.join(args.out, "quickstart_grid.png")
+    picture_grid(val, pred_dir, palette, names, grid)
     minutes = (time.perf_counter() - start) / 60
     print(
         f"\nCPCL quickstart done in {minutes:.1f} min: toy val mIoU {100 * result['miou']:.2f}%\n"

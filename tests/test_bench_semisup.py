@@ -1,9 +1,10 @@
-"""scripts/bench_semisup.py: the summary (gain, margin, target) and the parallelism flags."""
+"""scripts/bench_semisup.py: summary (gain, margin, target), parallelism flags, the chart."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,55 @@ def test_run_one_settings_and_snapshot_cleanup(bench, tmp_path, monkeypatch):
         miou = bench.run_one(method, 3, str(tmp_path), str(tmp_path / "bb.pth"), out, [])
         assert miou == 0.25 and not snap.exists()
         assert seen == {"lr": pytest.approx(lr), "method": method, "seed": 3}
+
+
+def test_plot_from_a_saved_result_redraws_the_chart(bench, tmp_path):
+    """`--plot-from` draws the chart from a saved JSON line (alone or at the end of a saved
+    output) without training; the PNG has one group per method."""
+    from PIL import Image
+
+    table = {"sup": [20.0, 21.0, 22.0], "cps": [30.0, 35.0, 33.0]}
+    rows = bench.summarize(_results(table), list(table), [0, 1, 2])
+    line = json.dumps({"bench": "semisup", "seeds": [0, 1, 2], "pretrain_seed": 0,
+                       "threads": 1, "settings": ["--labeled_ratio=16"], "results": rows})  # fmt: skip
+    saved = tmp_path / "out.txt"
+    saved.write_text(f"sup seed 0: mIoU 20.00%\n{line}\nchart: x\n")
+    assert bench.load_result(str(saved))["results"] == rows
+    assert bench.main(["--plot-from", str(saved), "--plot", str(tmp_path / "c.png")]) == 0
+    image = Image.open(tmp_path / "c.png")
+    assert image.size[0] >= 420 and image.size[1] > 300
+    (tmp_path / "r.json").write_text(line + "\n")
+    assert bench.main(["--plot-from", str(tmp_path / "r.json")]) == 0
+    assert (tmp_path / "r.png").exists()  # default: next to the JSON
+    (tmp_path / "other.json").write_text('{"bench": "train"}\n')
+    for bad, message in (("other.json", "not a bench_semisup result"), ("none", "cannot read")):
+        with pytest.raises(SystemExit, match=message):
+            bench.load_result(str(tmp_path / bad))
+
+
+def test_committed_chart_data_is_consistent():
+    """docs/bench_semisup_seed0.json (the chart in the README): every mean is the mean of its
+    seeds (to the 2-decimal rounding of the seeds) and every method met the target."""
+    result = json.loads((REPO / "docs" / "bench_semisup_seed0.json").read_text())
+    assert result["bench"] == "semisup" and result["seeds"] == [0, 1, 2]
+    sup = next(r for r in result["results"] if r["method"] == "sup")["per_seed"]
+    for row in result["results"]:
+        assert row["miou_mean"] == pytest.approx(sum(row["per_seed"]) / 3, abs=0.01)
+        if row["method"] != "sup":
+            assert row["target_met"] and min(row["per_seed"]) > max(sup)
+
+
+def test_a_run_writes_its_chart_and_result_line(bench, tmp_path, monkeypatch, capsys):
+    """After the table, a run saves the JSON line next to the chart, so `--plot-from` can
+    redraw it later."""
+    table = {"sup": [20.0, 21.0], "cps": [30.0, 35.0]}
+    monkeypatch.setattr(bench, "is_complete", lambda *a: True)
+    monkeypatch.setattr(bench, "pretrain_toy_backbone", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "run_all", lambda args, extra: _results(table))
+    plot = tmp_path / "out" / "chart.png"
+    argv = ["--methods", "sup", "cps", "--seeds", "0", "1", "--plot", str(plot), "--jobs", "1"]
+    assert bench.main(argv) == 0
+    saved = json.loads(plot.with_suffix(".json").read_text())
+    printed = json.loads(next(ln for ln in capsys.readouterr().out.splitlines() if ln[:1] == "{"))
+    assert saved == printed and plot.stat().st_size > 0
+    assert [r["per_seed"] for r in saved["results"]] == [[20.0, 21.0], [30.0, 35.0]]
