@@ -86,61 +86,54 @@ def _check_features(features: Tensor) -> None:
 
 
 def _elevate(f: Tensor) -> Tensor:
-    """`y = E f` (P, d) -> (P, d+1) in float32, in the official order of operations."""
-    d = f.shape[1]
+    """`y = E f`: (d, P) -> (d+1, P) in float32, in the official order of operations.
+
+    Coordinates are rows (contiguous per coordinate, which is what every later step reads).
+    """
+    d = f.shape[0]
     scale = lattice_scale_factors(d)
-    sm = torch.zeros_like(f[:, 0])
+    sm = torch.zeros_like(f[0])
     elevated: list[Tensor] = [sm] * (d + 1)
     for j in range(d, 0, -1):
-        cf = f[:, j - 1] * scale[j - 1]
+        cf = f[j - 1] * scale[j - 1]
         elevated[j] = sm - cf * float(j)  # float32 product, then the difference
         sm = sm + cf
     elevated[0] = sm
-    return torch.stack(elevated, dim=1)
+    return torch.stack(elevated)
 
 
 def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Remainder-0 point, rank and barycentric weights of each elevated point (float32).
+    """Remainder-0 point, rank and barycentric weights of each elevated point (d+1, P).
 
-    Returns `rem0` (P, d+1) int64, `rank` (P, d+1) int64 and `bary` (P, d+1) float32, the weight
-    of the vertex of remainder r in column r.
+    Returns `rem0` (d+1, P) int64, `rank` (d+1, P) int64 and `bary` (d+1, P) float32, the weight
+    of the vertex of remainder r in row r.
     """
-    d = elevated.shape[1] - 1
+    d = elevated.shape[0] - 1
     down = float(np.float32(1.0) / np.float32(d + 1))
-    up = float(d + 1)
     # round-half-to-even, as _mm_cvtps_epi32 under the default MXCSR rounding mode
     v = torch.round(elevated * down)
-    rem0 = v * up
-    total = v.sum(dim=1).to(torch.int64)  # integer-valued: the float sum is exact
+    rem0 = v * float(d + 1)
+    total = v.sum(dim=0).to(torch.int64)  # integer-valued: the float sum is exact
     diff = elevated - rem0
     rank = torch.zeros(elevated.shape, dtype=torch.int64, device=elevated.device)
-    for i in range(d):
+    for i in range(d):  # the official pairwise `<` (ties counted the same way)
         for j in range(i + 1, d + 1):
-            c = (diff[:, i] < diff[:, j]).to(torch.int64)
-            rank[:, i] += c
-            rank[:, j] += 1 - c
-    rank = rank + total[:, None]
+            c = diff[i] < diff[j]
+            rank[i] += c
+            rank[j] += ~c
+    rank += total
     # bring points off the plane back: one wrap of d+1, applied to rank and rem0 alike
     shift = (rank < 0).to(torch.int64) * (d + 1) - (rank > d).to(torch.int64) * (d + 1)
-    rank = rank + shift
+    rank += shift
     rem0 = rem0 + shift.to(rem0.dtype)
     vals = (elevated - rem0) * down
-    # by_rank[:, r] = the coordinate value of rank r (rank is a permutation of 0..d)
-    by_rank = torch.zeros_like(vals).scatter_(1, rank, vals)
+    # by_rank[r] = the coordinate value of rank r (rank is a permutation of 0..d)
+    by_rank = torch.zeros_like(vals).scatter_(0, rank, vals)
     bary = torch.empty_like(vals)
     # official: b[d-rank] += v, b[d-rank+1] -= v, then b[0] += 1 + b[d+1]
-    bary[:, 1:] = by_rank[:, :d].flip(1) - by_rank[:, 1:].flip(1)
-    bary[:, 0] = by_rank[:, d] + (1.0 - by_rank[:, 0])
+    bary[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
+    bary[0] = by_rank[d] + (1.0 - by_rank[0])
     return rem0.to(torch.int64), rank, bary
-
-
-def _vertex_keys(rem0: Tensor, rank: Tensor) -> Tensor:
-    """Keys (P, d+1, d) of the d+1 simplex vertices: `rem0 + canonical[r][rank]`, first d coords."""
-    d = rem0.shape[1] - 1
-    r = torch.arange(d + 1, device=rem0.device)[None, :, None]  # remainder
-    k = rank[:, None, :d]  # rank of coordinate i < d
-    canonical = torch.where(k <= d - r, r, r - (d + 1))
-    return rem0[:, None, :d] + canonical
 
 
 class PermutohedralLattice:
@@ -166,33 +159,32 @@ class PermutohedralLattice:
             f = torch.cat([f, f.new_zeros(b, pad, d)], dim=1)
         self.batch, self.n_points, self.dim = b, n, d
         self._n_padded = n + pad
-        device = f.device
-
-        rem0, rank, bary = _simplex(_elevate(f.reshape(-1, d)))
-        keys = _vertex_keys(rem0, rank)  # (P, d+1, d)
-        image = torch.arange(b, device=device).repeat_interleave(n + pad)
-        codes, strides = self._pack(keys, image)
-        uniq, inverse = torch.unique(codes.reshape(-1), sorted=True, return_inverse=True)
+        rem0, rank, bary = _simplex(_elevate(f.reshape(-1, d).t().contiguous()))
+        codes = self._vertex_codes(rem0, rank, b)
+        uniq, inverse = torch.unique(codes, sorted=True, return_inverse=True)
         self.n_vertices = int(uniq.numel())
-        self._offsets = inverse.reshape(-1, d + 1)  # (P, d+1) vertex index of each remainder
-        self._weights = bary  # (P, d+1)
-        self._neighbours = self._find_neighbours(uniq, strides, d)
+        self._codes = uniq
+        self._offsets = inverse  # (d+1, P): vertex index of each point's remainder-r vertex
+        self._weights = bary  # (d+1, P)
+        # point-major copies for the splat, which adds in the official order (point by point)
+        self._splat_index = inverse.t().reshape(-1)
+        self._splat_weights = bary.t().contiguous()[:, :, None]  # (P, d+1, 1)
+        self._neighbours = self._find_neighbours(uniq)
         self._alpha = lattice_alpha(d)
 
-    @staticmethod
-    def _pack(keys: Tensor, image: Tensor) -> tuple[Tensor, list[int]]:
-        """Mixed-radix int64 code of each key with the image index as the top digit.
+    def _vertex_codes(self, rem0: Tensor, rank: Tensor, n_images: int) -> Tensor:
+        """(d+1, P) int64 code of each point's remainder-r vertex, image index as top digit.
 
-        Each digit range is widened by d on both sides so that blur neighbours (key ± 1, one
-        coordinate ± d) have valid codes too; the code is then linear in the key.
+        Vertex r has the key `rem0 + canonical[r][rank]` (first d coordinates), where
+        canonical[r][k] = r - (d+1)·[k > d - r]. The key is packed in mixed radix with every digit
+        range widened by 2d on both sides (vertices are within d of rem0, blur neighbours
+        another d away), so the code is linear in the key and neighbours have valid codes.
         """
-        d = keys.shape[-1]
-        flat = keys.reshape(-1, d)
-        lo_hi = torch.cat([flat.amin(dim=0), flat.amax(dim=0)]).tolist()
-        lo, hi = lo_hi[:d], lo_hi[d:]
-        span = [h - lo_k + 2 * d + 1 for lo_k, h in zip(lo, hi, strict=True)]
-        n_images = int(image[-1].item()) + 1 if image.numel() else 1
-        bits = sum(math.log2(s) for s in span) + math.log2(max(n_images, 1))
+        d = rem0.shape[0] - 1
+        ext = torch.cat([rem0[:d].amin(dim=1), rem0[:d].amax(dim=1)]).tolist()
+        lo, hi = ext[:d], ext[d:]
+        span = [h - low + 4 * d + 1 for low, h in zip(lo, hi, strict=True)]
+        bits = sum(math.log2(s) for s in span) + math.log2(n_images)
         if bits > _MAX_CODE_BITS:
             raise CpclError(
                 f"permutohedral lattice: the key range {span} x {n_images} images needs "
@@ -202,32 +194,61 @@ class PermutohedralLattice:
         strides = [1] * d
         for k in range(d - 2, -1, -1):
             strides[k] = strides[k + 1] * span[k + 1]
-        image_stride = strides[0] * span[0]
-        base = torch.tensor([lo_k - d for lo_k in lo], dtype=torch.int64, device=keys.device)
-        weights = torch.tensor(strides, dtype=torch.int64, device=keys.device)
-        codes = ((keys - base) * weights).sum(dim=-1)
-        codes = codes + (image * image_stride).reshape(-1, 1)
-        return codes, strides
+        self._strides, self._base = strides, [low - 2 * d for low in lo]
+        self._image_stride = strides[0] * span[0]
+        dev = rem0.device
+        col = torch.tensor([*strides, 0], dtype=torch.int64, device=dev)[:, None]
+        base = torch.tensor([*self._base, 0], dtype=torch.int64, device=dev)[:, None]
+        image = torch.arange(n_images, device=dev).repeat_interleave(self._n_padded)
+        code0 = ((rem0 - base) * col).sum(dim=0) + image * self._image_stride
+        # [rank_k > d - r] switches on one coordinate per remainder, the one of rank d - r + 1:
+        # a cumulative sum over the strides sorted by rank.
+        by_rank = torch.zeros_like(rem0).scatter_(0, rank, col.expand_as(rem0))
+        cum = torch.cumsum(by_rank.flip(0)[:d], dim=0)  # rank d, then d-1, ...: r = 1..d
+        total = sum(strides)
+        codes = [code0]
+        for r in range(1, d + 1):
+            codes.append(code0 + r * total - (d + 1) * cum[r - 1])
+        return torch.stack(codes)
 
-    @staticmethod
-    def _find_neighbours(uniq: Tensor, strides: list[int], d: int) -> Tensor:
-        """(d+1, M+1, 2) indices of the two blur neighbours along each axis; M = missing.
+    def _find_neighbours(self, uniq: Tensor) -> Tensor:
+        """(d+1, 2(M+1)) indices of the two blur neighbours along each axis (n1 rows, then n2).
 
         Official: along axis j, n1 = key - 1 except n1[j] = key[j] + d, n2 = key + 1 except
         n2[j] = key[j] - d; only the first d coordinates are keys (axis d changes all of them
-        by ∓1). Row M is a zero vertex whose neighbours are itself, so it stays zero.
+        by ∓1). n2 is the inverse of n1, so only n1 is searched. Index M is a zero vertex that
+        missing neighbours point to; its own neighbours are itself, so it stays zero.
         """
-        m = uniq.numel()
-        total = sum(strides)
-        out = torch.full((d + 1, m + 1, 2), m, dtype=torch.int64, device=uniq.device)
+        d, m = self.dim, uniq.numel()
+        total = sum(self._strides)
+        out = torch.full((d + 1, 2, m + 1), m, dtype=torch.int64, device=uniq.device)
+        ids = torch.arange(m, device=uniq.device)
         for j in range(d + 1):
-            delta = -total + ((d + 1) * strides[j] if j < d else 0)
-            for side, step in enumerate((delta, -delta)):
-                target = uniq + step
-                pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
-                found = uniq[pos] == target
-                out[j, :m, side] = torch.where(found, pos, torch.full_like(pos, m))
-        return out
+            target = uniq + (-total + ((d + 1) * self._strides[j] if j < d else 0))
+            pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
+            found = uniq[pos] == target
+            out[j, 0, :m] = torch.where(found, pos, m)
+            out[j, 1].index_put_((pos[found],), ids[found])
+        return out.reshape(d + 1, 2 * (m + 1))
+
+    def vertex_keys(self) -> tuple[Tensor, Tensor]:
+        """(M, d) int64 keys (first d lattice coordinates) and (M,) image index of each vertex."""
+        rest = self._codes.clone()
+        image = torch.div(rest, self._image_stride, rounding_mode="floor")
+        rest -= image * self._image_stride
+        keys = []
+        for stride, base in zip(self._strides, self._base, strict=True):
+            digit = torch.div(rest, stride, rounding_mode="floor")
+            rest -= digit * stride
+            keys.append(digit + base)
+        return torch.stack(keys, dim=1), image
+
+    def point_vertices(self) -> tuple[Tensor, Tensor]:
+        """(B, N, d+1) vertex index and barycentric weight of each point's remainder-r vertex."""
+        shape = (self.dim + 1, self.batch, self._n_padded)
+        off = self._offsets.reshape(shape)[:, :, : self.n_points].permute(1, 2, 0)
+        w = self._weights.reshape(shape)[:, :, : self.n_points].permute(1, 2, 0)
+        return off, w
 
     def filter(self, values: Tensor) -> Tensor:
         """Splat, blur and slice `values` (B, N, C) -> (B, N, C) float32 (not normalised)."""
@@ -242,17 +263,22 @@ class PermutohedralLattice:
         if pad:  # the padding points carry no value (the official splats only N points)
             v = torch.cat([v, v.new_zeros(self.batch, pad, c)], dim=1)
         v = v.reshape(-1, c)
-        d = self.dim
-        lattice = v.new_zeros(self.n_vertices + 1, c)
-        contrib = self._weights[:, :, None] * v[:, None, :]  # (P, d+1, C)
-        lattice.index_add_(0, self._offsets.reshape(-1), contrib.reshape(-1, c))
-        for j in range(d + 1):  # official axis order; kernel [1/2, 1, 1/2]
-            nb = self._neighbours[j]
-            lattice = lattice + 0.5 * (lattice[nb[:, 0]] + lattice[nb[:, 1]])
-        out = torch.zeros_like(v)
-        w = self._weights * self._alpha  # official SSE slice: (weight * alpha) * value
-        for r in range(d + 1):
-            out = out + w[:, r : r + 1] * lattice[self._offsets[:, r]]
+        d, m = self.dim, self.n_vertices
+        # Splat in the official order (point by point, remainders 0..d within a point).
+        contrib = self._splat_weights * v[:, None, :]  # (P, d+1, C), contiguous
+        lattice = v.new_zeros(m + 1, c)
+        lattice.index_add_(0, self._splat_index, contrib.reshape(-1, c))
+        del contrib
+        pair = v.new_empty(2 * (m + 1), c)
+        for j in range(d + 1):  # official axis order; new = old + 1/2 (n1 + n2)
+            torch.index_select(lattice, 0, self._neighbours[j], out=pair)
+            # in place is safe: the neighbours were gathered before the update
+            lattice.add_(pair[: m + 1].add_(pair[m + 1 :]).mul_(0.5))
+        # Slice as the official SSE code: out = Σ_r (weight_r · alpha) · vertex_r, r = 0..d.
+        w = (self._weights * self._alpha)[:, :, None]
+        out = lattice.index_select(0, self._offsets[0]).mul_(w[0])
+        for r in range(1, d + 1):
+            out += lattice.index_select(0, self._offsets[r]).mul_(w[r])
         return out.reshape(self.batch, self._n_padded, c)[:, : self.n_points]
 
 

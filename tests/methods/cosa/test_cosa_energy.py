@@ -13,7 +13,7 @@ from cpcl.errors import CpclError
 from cpcl.methods.cosa import energy as energy_mod
 from cpcl.methods.cosa.energy import energy_loss
 from cpcl.ops import PermutohedralLattice, bilateral_features, bilateral_filter
-from cpcl.ops.permutohedral import _elevate, _simplex, _vertex_keys, lattice_alpha
+from cpcl.ops.permutohedral import _elevate, _simplex, lattice_alpha
 
 ENERGY_TOL = 1e-3  # README: loss_reg and grad_logit, 1e-3 relative
 
@@ -148,32 +148,38 @@ def test_elevation_is_the_adams_embedding():
             s = math.sqrt(2 / 3) * (d + 1) / math.sqrt(k * (k + 1))
             e[:k, k - 1] = s
             e[k, k - 1] = -k * s
-        got = _elevate(f).double()
+        got = _elevate(f.t().contiguous()).t().double()
         assert torch.allclose(got, f.double() @ e.T, rtol=1e-5, atol=1e-5), d
         assert torch.allclose(got.sum(1), torch.zeros(64, dtype=torch.float64), atol=1e-4)
 
 
 def test_barycentric_weights_interpolate_the_enclosing_simplex():
+    # Each point's d+1 vertices (decoded from the lattice's packed keys) are lattice points of
+    # remainders 0..d, and its weights are the barycentric coordinates of the elevated point.
     gen = torch.Generator().manual_seed(2)
     for d in (1, 2, 3, 5):
-        y = _elevate(torch.randn(200, d, generator=gen) * 4)
-        rem0, rank, bary = _simplex(y)
-        keys = _vertex_keys(rem0, rank)  # (P, d+1, d): first d coordinates of each vertex
+        f = torch.randn(2, 100, d, generator=gen) * 4
+        lattice = PermutohedralLattice(f, sse_padding=False)
+        keys, image = lattice.vertex_keys()
         full = torch.cat([keys, -keys.sum(-1, keepdim=True)], dim=-1)  # on the plane Σ = 0
-        r = torch.arange(d + 1).reshape(1, d + 1, 1)
-        assert bool(((full - r) % (d + 1) == 0).all()), "vertex r must be a remainder-r point"
-        assert bool((bary >= -1e-6).all()), "the point must lie inside its simplex"
-        assert torch.allclose(bary.sum(1), torch.ones(200), atol=1e-5)
-        recon = (bary.double()[:, :, None] * full.double()).sum(1)
+        off, w = lattice.point_vertices()  # (B, N, d+1)
+        verts = full[off]  # (B, N, d+1 vertices, d+1 coords)
+        r = torch.arange(d + 1).reshape(1, 1, d + 1, 1)
+        assert bool(((verts - r) % (d + 1) == 0).all()), "vertex r must be a remainder-r point"
+        assert bool((image[off] == torch.arange(2).reshape(2, 1, 1)).all()), "own image only"
+        assert bool((w >= -1e-6).all()), "the point must lie inside its simplex"
+        assert torch.allclose(w.sum(-1), torch.ones(2, 100), atol=1e-5)
+        y = _elevate(f.reshape(-1, d).t().contiguous()).t().reshape(2, 100, d + 1)
+        recon = (w.double()[..., None] * verts.double()).sum(2)
         assert torch.allclose(recon, y.double(), atol=1e-4), d
 
 
 def test_rounding_ties_go_to_even():
     # The official x86 init rounds with _mm_cvtps_epi32 (MXCSR round-to-nearest-even): a point
     # exactly halfway between two remainder-0 points picks the even one (0.5 -> 0, 1.5 -> 2).
-    rem0, _, bary = _simplex(torch.tensor([[1.0, -1.0], [3.0, -3.0], [-1.0, 1.0]]))
-    assert rem0.tolist() == [[0, 0], [4, -4], [0, 0]]
-    assert torch.allclose(bary.sum(1), torch.ones(3))
+    rem0, _, bary = _simplex(torch.tensor([[1.0, -1.0], [3.0, -3.0], [-1.0, 1.0]]).t())
+    assert rem0.t().tolist() == [[0, 0], [4, -4], [0, 0]]
+    assert torch.allclose(bary.sum(0), torch.ones(3))
 
 
 def _reference_1d(pos: np.ndarray, vals: np.ndarray) -> np.ndarray:
