@@ -1,5 +1,6 @@
-"""Generic numeric operators without a method name (permutohedral-lattice filtering)."""
+"""Generic numeric operators without a method name (permutohedral-lattice filtering, dense CRF)."""
 
+from .dense_crf import COSA_EVAL_CRF, DenseCRFParams, dense_crf, unary_from_softmax
 from .permutohedral import (
     PermutohedralLattice,
     bilateral_features,
@@ -9,9 +10,13 @@ from .permutohedral import (
 )
 
 __all__ = [
+    "COSA_EVAL_CRF",
+    "DenseCRFParams",
     "PermutohedralLattice",
     "bilateral_features",
     "bilateral_filter",
+    "dense_crf",
     "lattice_alpha",
     "lattice_scale_factors",
+    "unary_from_softmax",
 ]
