@@ -7,6 +7,7 @@ from .permutohedral import (
     bilateral_filter,
     lattice_alpha,
     lattice_scale_factors,
+    position_features,
 )
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "dense_crf",
     "lattice_alpha",
     "lattice_scale_factors",
+    "position_features",
     "unary_from_softmax",
 ]

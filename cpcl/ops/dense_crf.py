@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import CpclError
-from .permutohedral import PermutohedralLattice, bilateral_features
+from .permutohedral import PermutohedralLattice, bilateral_features, position_features
 
 __all__ = ["COSA_EVAL_CRF", "DenseCRFParams", "dense_crf", "unary_from_softmax"]
 
@@ -67,17 +66,6 @@ class _SymmetricKernel:
         return self.lattice.filter(q * self.norm) * self.norm
 
 
-def _position_features(b: int, h: int, w: int, sigma: float, device) -> Tensor:
-    """(B, H*W, 2) features (x/σ, y/σ) in float32 division, pixels in row-major order."""
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=device),
-        torch.arange(w, dtype=torch.float32, device=device),
-        indexing="ij",
-    )
-    pos = torch.stack([xs, ys], dim=-1).reshape(1, h * w, 2).expand(b, h * w, 2)
-    return pos / torch.full_like(pos, float(np.float32(sigma)))
-
-
 def _check(image: Tensor, probs: Tensor, params: DenseCRFParams) -> None:
     if probs.dim() != 4:
         raise CpclError(f"dense CRF: probs must be (B, C, H, W), got {tuple(probs.shape)}")
@@ -105,21 +93,12 @@ def dense_crf(image: Tensor, probs: Tensor, params: DenseCRFParams = COSA_EVAL_C
     _check(image, probs, params)
     b, c, h, w = probs.shape
     unary = unary_from_softmax(probs, params.clip).reshape(b, c, h * w).transpose(1, 2)
+    rgb = image.to(probs.device).float()
     with torch.no_grad():
-        kernels = [
-            (
-                params.pos_w,
-                _SymmetricKernel(_position_features(b, h, w, params.pos_xy_std, probs.device)),
-            ),
-            (
-                params.bi_w,
-                _SymmetricKernel(
-                    bilateral_features(
-                        image.to(probs.device).float(), params.bi_rgb_std, params.bi_xy_std
-                    )
-                ),
-            ),
-        ]
+        # densecrf's order: the Gaussian kernel is added first, then the bilateral one.
+        gaussian = _SymmetricKernel(position_features(b, h, w, params.pos_xy_std, probs.device))
+        bilateral = _SymmetricKernel(bilateral_features(rgb, params.bi_rgb_std, params.bi_xy_std))
+        kernels = [(params.pos_w, gaussian), (params.bi_w, bilateral)]
         q = torch.softmax(-unary, dim=-1)
         for _ in range(params.iterations):
             logits = -unary

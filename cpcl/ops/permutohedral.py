@@ -46,6 +46,7 @@ __all__ = [
     "bilateral_filter",
     "lattice_alpha",
     "lattice_scale_factors",
+    "position_features",
 ]
 
 # The official SSE init loads features in blocks of 4 floats (one __m128 register per dimension).
@@ -300,29 +301,37 @@ def _check_image_values(image: Tensor, values: Tensor) -> None:
         )
 
 
+def position_features(b: int, h: int, w: int, sigma_xy: float, device=None) -> Tensor:
+    """(B, H*W, 2) features `(x/σxy, y/σxy)` in float32, pixels in row-major order.
+
+    x is the column and y the row, as in `initializePermutohedral` (bilateralfilter.cpp) and
+    densecrf's `addPairwiseGaussian`. Float32 division by a full tensor: a scalar divisor may be
+    turned into a multiplication by its reciprocal, which rounds differently.
+    """
+    if not (isinstance(sigma_xy, (int, float)) and math.isfinite(sigma_xy) and sigma_xy > 0):
+        raise CpclError(f"lattice features: sigma_xy must be a positive number, got {sigma_xy!r}")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=device),
+        torch.arange(w, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
+    pos = torch.stack([xs, ys], dim=-1).reshape(1, h * w, 2).expand(b, h * w, 2)
+    return pos / torch.full_like(pos, float(np.float32(sigma_xy)))
+
+
 def bilateral_features(image: Tensor, sigma_rgb: float, sigma_xy: float) -> Tensor:
     """(B, H*W, 5) features `(x/σxy, y/σxy, r/σrgb, g/σrgb, b/σrgb)` in float32.
 
-    As `initializePermutohedral` (bilateralfilter.cpp): x is the column, y the row, pixels in
-    row-major order, float32 divisions (by a full tensor: a scalar divisor may be turned into a
-    multiplication by its reciprocal, which rounds differently).
+    As `initializePermutohedral` (bilateralfilter.cpp) and densecrf's `addPairwiseBilateral`:
+    pixels in row-major order, float32 divisions (see `position_features`).
     """
-    for name, sigma in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy)):
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise CpclError(f"bilateral filter: {name} must be a positive number, got {sigma!r}")
+    if not (isinstance(sigma_rgb, (int, float)) and math.isfinite(sigma_rgb) and sigma_rgb > 0):
+        raise CpclError(f"lattice features: sigma_rgb must be a positive number, got {sigma_rgb!r}")
     b, _, h, w = image.shape
-    img = image.to(torch.float32)
-    dev = img.device
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=dev),
-        torch.arange(w, dtype=torch.float32, device=dev),
-        indexing="ij",
-    )
-    pos = torch.stack([xs, ys]).reshape(1, 2, h * w).expand(b, 2, h * w)
-    pos = pos / torch.full_like(pos, float(np.float32(sigma_xy)))
-    rgb = img.reshape(b, 3, h * w)
+    pos = position_features(b, h, w, sigma_xy, image.device)
+    rgb = image.to(torch.float32).reshape(b, 3, h * w).transpose(1, 2)
     rgb = rgb / torch.full_like(rgb, float(np.float32(sigma_rgb)))
-    return torch.cat([pos, rgb], dim=1).transpose(1, 2)
+    return torch.cat([pos, rgb], dim=2)
 
 
 def bilateral_filter(
