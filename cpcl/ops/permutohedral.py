@@ -270,9 +270,14 @@ class PermutohedralLattice:
         lattice = v.new_zeros(m + 1, c)
         lattice.index_add_(0, self._splat_index, contrib.reshape(-1, c))
         del contrib
-        pair = v.new_empty(2 * (m + 1), c)
+        # Without autograd, one gather buffer serves every axis (`out=` is not differentiable).
+        reuse = not (torch.is_grad_enabled() and v.requires_grad)
+        pair = v.new_empty(2 * (m + 1), c) if reuse else None
         for j in range(d + 1):  # official axis order; new = old + 1/2 (n1 + n2)
-            torch.index_select(lattice, 0, self._neighbours[j], out=pair)
+            if reuse:
+                torch.index_select(lattice, 0, self._neighbours[j], out=pair)
+            else:
+                pair = lattice.index_select(0, self._neighbours[j])
             # in place is safe: the neighbours were gathered before the update
             lattice.add_(pair[: m + 1].add_(pair[m + 1 :]).mul_(0.5))
         # Slice as the official SSE code: out = Σ_r (weight_r · alpha) · vertex_r, r = 0..d.

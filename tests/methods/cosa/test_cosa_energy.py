@@ -233,6 +233,18 @@ def test_filter_is_linear_and_images_do_not_share_vertices():
     assert max_rel_diff(both[:, 2:3], one) < 1e-6
 
 
+def test_filter_gradient_is_its_transpose():
+    # The filter is linear in the values: autograd gives F^T y, so <F^T y, e> = <y, F e>.
+    gen = torch.Generator().manual_seed(7)
+    img = torch.rand(1, 3, 7, 9, generator=gen) * 255
+    x = torch.rand(1, 3, 7, 9, generator=gen, requires_grad=True)
+    y, e = torch.randn(2, 1, 3, 7, 9, generator=gen)
+    (grad,) = torch.autograd.grad((bilateral_filter(img, x, 15.0, 4.0) * y).sum(), x)
+    with torch.no_grad():
+        ref = (y * bilateral_filter(img, e, 15.0, 4.0)).sum()
+    assert (grad * e).sum().item() == pytest.approx(ref.item(), rel=1e-5)
+
+
 def test_constant_image_invariants():
     # A constant image: only positions matter. Far-apart rgb clusters never interact, and a
     # translation of every feature by a lattice vector leaves the output unchanged.
