@@ -27,7 +27,7 @@ Vectorisation: the keys of all points (and of all images of a batch, with the im
 extra key digit so that images never share vertices) are packed into one int64 code each,
 deduplicated with `torch.unique`, and blur neighbours are found with `searchsorted` on the sorted
 codes. Everything runs on the device of the inputs (CPU or CUDA); the only host syncs are the
-key range (one `tolist`) and the size of `torch.unique`.
+finiteness check of the features, the key range (one `tolist`) and the size of `torch.unique`.
 """
 
 from __future__ import annotations
@@ -228,8 +228,10 @@ class PermutohedralLattice:
             target = uniq + (-total + ((d + 1) * self._strides[j] if j < d else 0))
             pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
             found = uniq[pos] == target
-            out[j, 0, :m] = torch.where(found, pos, m)
-            out[j, 1].index_put_((pos[found],), ids[found])
+            n1 = torch.where(found, pos, m)
+            out[j, 0, :m] = n1
+            # n2[n1[i]] = i; the missing ones all write M into row M (same value: no race)
+            out[j, 1].scatter_(0, n1, torch.where(found, ids, m))
         return out.reshape(d + 1, 2 * (m + 1))
 
     def vertex_keys(self) -> tuple[Tensor, Tensor]:
