@@ -8,7 +8,9 @@ a photo) and for the inputs of the golden `cosa_losses.pt` cases:
 * the CoSA energy loss (`cpcl.methods.cosa.energy.energy_loss`, weight 1e-7, sigmas 15/100,
   scale 0.5) with our filter vs the official filter plugged into the same code: loss and
   d loss / d logit max relative diff;
-* time per call, median of interleaved rounds (ours CPU float32 vs official, same threads).
+* time per call, median of interleaved rounds (ours CPU float32 vs official, same threads);
+* with `--pydensecrf DIR` (a folder where pydensecrf is installed, e.g. `pip install --target DIR
+  pydensecrf2`), CoSA's evaluation CRF (`cpcl.ops.dense_crf`) against pydensecrf's `DenseCRF2D`.
 
 Prints a table and one JSON line. Reproduce (needs swig and a C++ compiler, bench only):
 
@@ -128,6 +130,47 @@ def timed(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def crf_rows(path: str, size: int, classes: int, rounds: int, gen: torch.Generator) -> list:
+    """CoSA's evaluation CRF (`crf_inference_infv2`): ours vs pydensecrf on the same inputs."""
+    sys.path.insert(0, str(Path(path).resolve()))
+    dcrf = importlib.import_module("pydensecrf.densecrf")
+    unary = importlib.import_module("pydensecrf.utils").unary_from_softmax
+    from cpcl.ops.dense_crf import COSA_EVAL_CRF as P
+    from cpcl.ops.dense_crf import dense_crf
+
+    def reference(img_hwc: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        crf = dcrf.DenseCRF2D(img_hwc.shape[1], img_hwc.shape[0], probs.shape[0])
+        crf.setUnaryEnergy(np.ascontiguousarray(unary(probs)))
+        crf.addPairwiseGaussian(sxy=P.pos_xy_std, compat=P.pos_w)
+        crf.addPairwiseBilateral(sxy=P.bi_xy_std, srgb=P.bi_rgb_std, rgbim=img_hwc, compat=P.bi_w)
+        return np.array(crf.inference(P.iterations)).reshape(probs.shape)
+
+    rows = []
+    for kind in ("noise", "smooth"):
+        img = make_image(kind, size, gen).round().to(torch.uint8)
+        probs = torch.softmax(3 * torch.randn(1, classes, size, size, generator=gen), 1)
+        img_hwc = np.ascontiguousarray(img[0].permute(1, 2, 0).numpy())
+        probs_np = probs[0].numpy()
+        ours = dense_crf(img, probs)[0]
+        ref = torch.from_numpy(reference(img_hwc, probs_np))
+        ms = timed(
+            {
+                "crf_ours": lambda i=img, p=probs: dense_crf(i, p),
+                "crf_pydensecrf": lambda i=img_hwc, p=probs_np: reference(i, p),
+            },
+            rounds,
+        )
+        rows.append(
+            {
+                "input": f"CRF {kind} {size}x{size} C={classes}",
+                "crf_q_maxabs": (ours - ref).abs().max().item(),
+                "crf_argmax_agree": (ours.argmax(0) == ref.argmax(0)).double().mean().item(),
+                **{f"{k}_ms": round(v, 1) for k, v in ms.items()},
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", required=True, help="folder of the built bilateralfilter")
@@ -136,6 +179,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for ours")
     parser.add_argument("--golden", default="../shared/golden/cosa_losses.pt")
+    parser.add_argument(
+        "--pydensecrf", default=None, help="folder holding an installed pydensecrf (optional)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     official = official_filter(load_official(args.official))
@@ -192,8 +238,11 @@ def main() -> None:
                     "grad_vs_fixture": rel(grad_o, case["grad_logit"]),
                 }
             )
+    if args.pydensecrf:
+        rows += crf_rows(args.pydensecrf, args.size, args.classes, args.rounds, gen)
     cols = ["input", "filter_rel", "filter_bitexact", "loss_rel", "grad_rel"]
     cols += ["filter_ours_ms", "filter_official_ms", "energy_ours_ms", "energy_official_ms"]
+    cols += ["crf_q_maxabs", "crf_argmax_agree", "crf_ours_ms", "crf_pydensecrf_ms"]
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(str(row.get(c, "-")) for c in cols))
