@@ -6,7 +6,7 @@
 official evaluator) lives in its package; shared pieces live in `cpcl.models`, `cpcl.data`,
 `cpcl.evaluate` and `cpcl.methods.two_branch` and name no method. To add a method: write the
 package and add one line to `REGISTRY`; removing one is deleting its package, its line and
-its tests (`tests/methods/<name>/`); see README "Adding a method".
+its tests (`tests/methods/<name>/`); see docs/adding-a-method.md.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ CONFIG_KEYS: dict[str, Any] = {
 
 
 def preset_defaults(p: U2PLPreset) -> dict[str, Any]:
-    """The project's config keys for one official U2PL preset (see README "U2PL")."""
+    """The project's config keys for one official U2PL preset (see docs/methods/u2pl.md)."""
     return {
         "backbone": p.backbone,
         "lr": p.lr,
