@@ -155,12 +155,15 @@ def test_run_reads_only_the_split_lists_of_the_declared_streams(tmp_path):
 
     make_toy_voc(tmp_path, n_train=16, n_val=2, height=40, width=48, num_classes=4, seed=0)
     args = [f"--dataset_path={tmp_path}", "--labeled_ratio=4", "--num_classes=4"]
-    (tmp_path / "subset_train_aug" / "train_aug_unlabeled_1-4.txt").unlink()
     C, sources = resolve_run_config(
         apply_overrides(load_preset("voc"), ["--method=sup", *args]), root=str(tmp_path)
     )
-    assert get_method("sup").streams == ("labeled",) and list(sources) == ["labeled"]
+    # sup sizes its epoch by both lists (official baseline) but its view decodes labeled only.
+    assert list(sources) == ["labeled", "unlabeled"]
+    assert get_method("sup").from_config(C, per_rank_batch=2).data_view().streams == ("labeled",)
+    assert C.max_samples == max(len(sources["labeled"]), len(sources["unlabeled"]))
     assert C.num_train_imgs == len(sources["labeled"])
+    (tmp_path / "subset_train_aug" / "train_aug_unlabeled_1-4.txt").unlink()
     with pytest.raises(CpclError, match=r"train_aug_unlabeled_1-4\.txt"):
         resolve_run_config(
             apply_overrides(load_preset("voc"), ["--method=cpcl", *args]), root=str(tmp_path)

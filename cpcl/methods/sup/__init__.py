@@ -1,6 +1,9 @@
 """Supervised-only baseline: both branches of the CPCL network on the labeled images alone.
 
-The data view reads no unlabeled image. Loss: `sup_1 + sup_2`.
+The data view decodes no unlabeled image, but the method declares the unlabeled split list: as
+in the official CPS/CPCL supervised baseline, the epoch is sized by the larger split
+(`max_samples = max(n_labeled, n_unlabeled)`), so `sup` sees the labeled images as often as the
+semi-supervised methods it is compared with. Loss: `sup_1 + sup_2`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ class Sup(TwoBranchMethod):
     name = "sup"
     uses_unlabeled = False
     batch_keys = ("img", "gt")
-    streams = ("labeled",)  # no unlabeled split is required or read
+    # The unlabeled list only sizes the epoch (see the module docstring); the view reads
+    # `("labeled",)` alone.
+    streams = ("labeled", "unlabeled")
 
     def forward_loss(
         self,
