@@ -89,6 +89,9 @@ class Spec:
     device: str
     threads: int
     seed: int
+    # Folder of the golden `det_weights.py`: name-seeded weights (as the official side of
+    # scripts/bench_official gets them); None: the method's own initialisation.
+    det_dir: str | None = None
 
     @property
     def label(self) -> str:
@@ -172,6 +175,20 @@ def synthetic_batch(keys: tuple[str, ...], spec: Spec, num_classes: int) -> dict
     return out
 
 
+def load_det_weights(model: torch.nn.Module, det_dir: str) -> int:
+    """Overwrite every tensor of `model`'s state dict with the name-seeded deterministic
+    weights of `det_dir/det_weights.py` (same key -> same tensor on every side); returns the
+    number of keys."""
+    if det_dir not in sys.path:
+        sys.path.insert(0, det_dir)
+    from det_weights import det_state_dict
+
+    sd = model.state_dict()
+    keys = [[k, list(v.shape), str(v.dtype)] for k, v in sd.items()]
+    model.load_state_dict(det_state_dict(keys))
+    return len(keys)
+
+
 def steady_step(C: Any) -> Any:
     """A StepInfo in the middle of training, past any supervised-only / copy epochs."""
     from cpcl.methods import StepInfo
@@ -196,7 +213,10 @@ class TrainRunner:
         self.spec, self.device = spec, torch.device(spec.device)
         C = build_config(spec)
         method = get_method(spec.method).from_config(C, per_rank_batch=spec.batch)
-        model = method.build_model(pretrained=False).to(self.device).train()
+        model = method.build_model(pretrained=False)
+        if spec.det_dir:
+            load_det_weights(model, spec.det_dir)
+        model = model.to(self.device).train()
         fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         if spec.channels_last:  # as the engine does: the model first, then setup
             model.to(memory_format=fmt)
