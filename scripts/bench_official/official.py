@@ -181,11 +181,10 @@ class CPCLOfficial(_Base):
         # config.py derives its root from the working directory (it must contain "CPCL"),
         # as when train.py runs from exp_voc/.
         os.chdir(exp)
-        from sklearn.metrics import confusion_matrix  # called every iteration
-
         import network as official_network
         from config import config
         from engine.lr_policy import WarmUpPolyLR
+        from sklearn.metrics import confusion_matrix  # called every iteration
         from utils.init_func import group_weight
 
         if spec.backbone != "resnet50":

@@ -25,7 +25,9 @@ from bench_rounds import paired_ratio, run_interleaved, summarize  # noqa: E402
 from bench_train import Spec, machine_info, make_runner  # noqa: E402
 from official import RUNNERS, OfficialSpec, make_official  # noqa: E402
 
-DEFAULT_DET = os.environ.get("CPCL_GOLDEN_DIR", os.path.join(HERE, "..", "..", "..", "shared", "golden"))
+DEFAULT_DET = os.environ.get(
+    "CPCL_GOLDEN_DIR", os.path.join(HERE, "..", "..", "..", "shared", "golden")
+)
 
 
 def parse_roots(items: list[str], methods: list[str]) -> dict[str, str]:
@@ -106,7 +108,9 @@ def method_rows(sides: list, results: list) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     """Plain-text table."""
-    head = f"{'side':<30} {'ms/iter':>8} {'rounds min..max':>17} {'peak MB':>8} {'official/ours':>20}"
+    head = (
+        f"{'side':<30} {'ms/iter':>8} {'rounds min..max':>17} {'peak MB':>8} {'official/ours':>20}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
