@@ -51,6 +51,11 @@ def peak_rss_mb() -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def log_stderr(text: str) -> None:
+    """Progress lines go to stderr (stdout keeps the table and the JSON line)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _worker(conn: Any, make: Callable[[Any], Runner], spec: Any, warmup: int) -> None:
     """Worker loop: build, warm up, then answer ("round", n) and ("done",) commands."""
     try:
@@ -86,7 +91,7 @@ def run_interleaved(
     rounds: int,
     iters: int,
     warmup: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_stderr,
 ) -> list[SideResult]:
     """Time every side of `sides` (label, factory, spec) in its own process, interleaved.
 
@@ -176,3 +181,39 @@ def paired_ratio(num: SideResult, den: SideResult) -> dict[str, float] | None:
         "min": round(min(pairs), 3),
         "max": round(max(pairs), 3),
     }
+
+
+def peak_column() -> tuple[str, int, Callable[[dict[str, Any]], str]]:
+    """The peak-memory column of `format_rows`."""
+    return ("peak MB", 8, lambda r: f"{r['peak_mb']:.0f}")
+
+
+def ratio_column(title: str, key: str, width: int) -> tuple[str, int, Callable]:
+    """A `format_rows` column showing the paired ratio stored under `key`."""
+    return (title, width, lambda r: ratio_text(r.get(key)))
+
+
+def ratio_text(q: dict[str, float] | None) -> str:
+    """`1.23x (1.10-1.40)` for a `paired_ratio` result, `-` for None."""
+    return f"{q['ratio']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-"
+
+
+def format_rows(
+    rows: list[dict[str, Any]],
+    name_key: str,
+    name_width: int,
+    columns: Sequence[tuple[str, int, Callable[[dict[str, Any]], str]]],
+) -> str:
+    """A plain-text table: the name, ms/iteration, the round spread, then `columns` as
+    (title, width, row -> text); a row with an error shows its last line."""
+    head = f"{name_key:<{name_width}} {'ms/iter':>8} {'rounds min..max':>17}"
+    head += "".join(f" {title:>{width}}" for title, width, _ in columns)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r[name_key]:<{name_width}} ERROR {r['error'].splitlines()[-1]}")
+            continue
+        spread = f"{r['ms_round_min']:.0f}..{r['ms_round_max']:.0f}"
+        line = f"{r[name_key]:<{name_width}} {r['ms_median']:>8.1f} {spread:>17}"
+        lines.append(line + "".join(f" {fn(r):>{width}}" for _, width, fn in columns))
+    return "\n".join(lines)

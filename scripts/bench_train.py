@@ -35,7 +35,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rounds import paired_ratio, run_interleaved, summarize
+from bench_rounds import (
+    format_rows,
+    paired_ratio,
+    peak_column,
+    ratio_column,
+    run_interleaved,
+    summarize,
+)
 
 from cpcl.methods import method_names
 
@@ -284,23 +291,9 @@ def result_rows(group: list[Spec], results: list) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the summary rows."""
-    head = (
-        f"{'setting':<26} {'ms/iter':>8} {'rounds min..max':>17} {'img/s':>7} "
-        f"{'peak MB':>8} {'vs first':>16}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['label']:<26} ERROR {r['error'].splitlines()[-1]}")
-            continue
-        sp = r.get("speedup_vs_first")
-        vs = f"{sp['ratio']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})" if sp else "-"
-        spread = f"{r['ms_round_min']:.0f}..{r['ms_round_max']:.0f}"
-        lines.append(
-            f"{r['label']:<26} {r['ms_median']:>8.1f} {spread:>17} "
-            f"{r['labelled_img_per_s']:>7.2f} {r['peak_mb']:>8.0f} {vs:>16}"
-        )
-    return "\n".join(lines)
+    img_s = ("img/s", 7, lambda r: f"{r['labelled_img_per_s']:.2f}")
+    vs_first = ratio_column("vs first", "speedup_vs_first", 16)
+    return format_rows(rows, "label", 26, [img_s, peak_column(), vs_first])
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -323,9 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for group in specs_from_args(args):
         sides = [(s.label, make_runner, s) for s in group]
-        results = run_interleaved(
-            sides, rounds=args.rounds, iters=args.iters, warmup=args.warmup, log=_log
-        )
+        results = run_interleaved(sides, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
         group_rows = result_rows(group, results)
         print(
             f"\n{group[0].method}: {args.backbone} crop {args.crop} batch {args.batch}+"
@@ -336,10 +327,6 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"bench": "train_step", **info, "wall_s": round(time.time() - t0, 1), "results": rows}
     print(json.dumps(out))
     return out
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
-from bench_rounds import paired_ratio, run_interleaved, summarize  # noqa: E402
+import bench_rounds as br  # noqa: E402
 from bench_train import Spec, machine_info, make_runner  # noqa: E402
 from official import RUNNERS, OfficialSpec, make_official  # noqa: E402
 
@@ -98,31 +98,18 @@ def method_rows(sides: list, results: list) -> list[dict]:
     """Summary per side, with official/ours ratios (paired by round) on our sides."""
     rows = []
     for (label, _, spec), res in zip(sides, results, strict=True):
-        row = {"side": label, **summarize(res)}
+        row = {"side": label, **br.summarize(res)}
         if label.split()[1] == "ours":
             row["amp"] = spec.amp
-            row["official_over_ours"] = paired_ratio(results[0], res)
+            row["official_over_ours"] = br.paired_ratio(results[0], res)
         rows.append(row)
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
+def format_table(rows: list[dict]) -> str:
     """Plain-text table."""
-    head = (
-        f"{'side':<30} {'ms/iter':>8} {'rounds min..max':>17} {'peak MB':>8} {'official/ours':>20}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['side']:<30} ERROR {r['error'].splitlines()[-1]}")
-            continue
-        q = r.get("official_over_ours")
-        ratio = f"{q['ratio']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-"
-        spread = f"{r['ms_round_min']:.0f}..{r['ms_round_max']:.0f}"
-        lines.append(
-            f"{r['side']:<30} {r['ms_median']:>8.1f} {spread:>17} {r['peak_mb']:>8.0f} {ratio:>20}"
-        )
-    return "\n".join(lines)
+    ratio = br.ratio_column("official/ours", "official_over_ours", 20)
+    return br.format_rows(rows, "side", 30, [br.peak_column(), ratio])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     out_rows = []
     for method in args.method:
         sides = sides_for(method, args)
-        results = run_interleaved(
-            sides, rounds=args.rounds, iters=args.iters, warmup=args.warmup, log=_log
+        results = br.run_interleaved(
+            sides, rounds=args.rounds, iters=args.iters, warmup=args.warmup
         )
         rows = method_rows(sides, results)
         print(
@@ -142,17 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.device}, {info['threads']} threads, torch {info['torch']}, "
             f"load {info['load_1min']}"
         )
-        print(format_rows(rows))
+        print(format_table(rows))
         out_rows.append({"method": method, "backbone": args.backbone, "crop": args.crop,
                          "batch": args.batch, "sides": rows})  # fmt: skip
     out = {"bench": "official_vs_ours", **info, "rounds": args.rounds, "iters": args.iters,
            "wall_s": round(time.time() - t0, 1), "results": out_rows}  # fmt: skip
     print(json.dumps(out))
     return out
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
