@@ -73,7 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides as train.py takes them, e.g. --set fused_teacher=true sup_loss=ohem",
+    )
     args = p.parse_args(argv)
+    bad = [kv for kv in args.set if "=" not in kv or kv.startswith("-")]
+    if bad:
+        p.error(f"--set {bad}: expected KEY=VALUE items")
     if args.rounds < 1 or args.iters < 1 or args.warmup < 0:
         p.error("--rounds and --iters must be >= 1, --warmup >= 0")
     if args.crop < 32 or args.batch < 1:
@@ -99,6 +109,7 @@ class Spec:
     # Folder of the golden `det_weights.py`: name-seeded weights (as the official side of
     # scripts/bench_official gets them); None: the method's own initialisation.
     det_dir: str | None = None
+    overrides: tuple[str, ...] = ()  # KEY=VALUE config overrides (--set)
 
     @property
     def label(self) -> str:
@@ -128,6 +139,7 @@ def specs_from_args(args: argparse.Namespace) -> list[list[Spec]]:
                 args.device,
                 args.threads,
                 args.seed,
+                overrides=tuple(args.set),
             )
             for comp in args.compile
             for cl in args.channels_last
@@ -152,6 +164,7 @@ def build_config(spec: Spec) -> Any:
     ]
     if spec.backbone != "preset":
         argv.append(f"--backbone={spec.backbone}")
+    argv += [f"--{kv}" for kv in spec.overrides]
     return finalize(apply_overrides(load_preset(spec.dataset), argv))
 
 

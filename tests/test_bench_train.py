@@ -84,3 +84,17 @@ def test_summary_ratio_table_and_json():
     table = bench_train.format_table(rows + bench_train.result_rows(group[:1], [broken]))
     assert "cpcl bf16" in table and "RuntimeError: boom" in table
     json.dumps(rows)  # the JSON line must serialise
+
+
+def test_config_overrides_reach_the_method_config():
+    args = bench_train.parse_args(
+        ["--method", "cpcl", "--crop", "48", "--set", "fused_teacher=true", "sup_loss=ohem"]
+    )
+    spec = bench_train.specs_from_args(args)[0][0]
+    C = bench_train.build_config(spec)
+    assert C.fused_teacher is True and C.sup_loss == "ohem"
+    assert (C.image_height, C.image_width, C.backbone, C.method) == (48, 48, "resnet50", "cpcl")
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--set", "fused_teacher"])
+    step = bench_train.steady_step(bench_train.build_config(spec))
+    assert 0 < step.epoch < C.nepochs and step.iteration == step.epoch * step.iters_per_epoch + 1
