@@ -21,7 +21,7 @@ from collections import defaultdict
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
-from run import parse_roots, sides_for  # noqa: E402
+from run import DEFAULT_DET, parse_roots, sides_for  # noqa: E402
 
 # (category, substrings of aten op names); the first match wins, so specific before generic.
 CATEGORIES = [
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--extra-path", default=None)
-    p.add_argument("--det-dir", default=os.path.join(HERE, "..", "..", "..", "shared", "golden"))
+    p.add_argument("--det-dir", default=DEFAULT_DET)
     args = p.parse_args(argv)
     args.roots = parse_roots(args.official_root, args.method)
     args.det_dir, args.device, args.seed = os.path.abspath(args.det_dir), "cpu", 0
