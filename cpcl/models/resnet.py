@@ -51,7 +51,10 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        # In place, as the official ResNets (`out += residual`): the same sum without a fresh
+        # activation-sized tensor (batch norm's backward does not need its output).
+        out += identity
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -84,7 +87,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as the official ResNets (see BasicBlock.forward)
+        return self.relu(out)
 
 
 def dilated_layout(

@@ -62,7 +62,7 @@ KEY_HELP: dict[str, str] = {
     "niters_per_epoch": "iterations per epoch (default: max_samples // batch_size)",
     # --- speed ---
     "amp": "autocast: none (fp32, faithful), bf16 or fp16",
-    "channels_last": "NHWC memory format (faster on recent GPUs)",
+    "channels_last": "NHWC memory format (default per method: on for UniMatch, where it pays)",
     "compile": "torch.compile the network",
     "fused_teacher": "NOT faithful: both unlabeled images through each teacher in one forward",
     "cudnn_benchmark": "let cuDNN pick the fastest convolution algorithms",

@@ -297,6 +297,8 @@ def contra_memobank_loss(
     prob_indices_u = torch.sort(prob_u, 1, True)[1].permute(0, 2, 3, 1)
     prob = torch.cat((prob_l, prob_u), dim=0)
 
+    # Pixels per class in one host transfer (not one `.item()` per class: a sync each on CUDA).
+    low_counts = (low_valid_pixel != 0).sum(dim=(0, 2, 3)).tolist()
     anchors_per_class: list[Tensor] = []
     proto_list: list[Tensor] = []
     valid_classes: list[int] = []
@@ -319,7 +321,7 @@ def contra_memobank_loss(
         class_mask = torch.cat((class_mask_l & (label_l[:, i] == 0), class_mask_u), dim=0)
         negative_mask = rep_mask_high_entropy & class_mask
         new_keys.append(bank.enqueue(i, rep_teacher[negative_mask].detach()))
-        num_low = int(low_seg.sum().item())
+        num_low = int(low_counts[i])
         if num_low > 0:
             seg_num_list.append(num_low)
             valid_classes.append(i)

@@ -75,10 +75,32 @@ def match_layout(teacher: nn.Module, student: nn.Module) -> None:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """`t.data = decay * t.data + (1 - decay) * s.data` (new tensors, parameters only)."""
-    for t, s in _paired_parameters(teacher, student):
-        t.data = decay * t.data + (1 - decay) * s.data
+def ema_update(
+    teacher: nn.Module, student: nn.Module, decay: float, *, foreach: bool | None = None
+) -> None:
+    """`t.data = decay * t.data + (1 - decay) * s.data` (new tensors, parameters only).
+
+    `foreach` (None: on CUDA only, as PyTorch's optimisers choose): multi-tensor ops, the same
+    two scalar products and one sum per element (bitwise the per-parameter formula: no
+    `alpha=` fused multiply-add) in three kernel launches per list instead of three per
+    parameter. On a CPU it was 1.25x slower (all temporaries alive at once instead of one
+    parameter's, measured on a ResNet-50), hence the per-parameter loop there. The results are
+    new tensors, as in the official code: in the teacher-copy epoch teacher and student share
+    storage and an in-place update would move the student too.
+    """
+    pairs = _paired_parameters(teacher, student)
+    if not pairs:
+        return
+    if foreach is None:
+        foreach = pairs[0][0].is_cuda
+    if not foreach:
+        for t, s in pairs:
+            t.data = decay * t.data + (1 - decay) * s.data
+        return
+    new = torch._foreach_mul([t.data for t, _ in pairs], decay)
+    torch._foreach_add_(new, torch._foreach_mul([s.data for _, s in pairs], 1 - decay))
+    for (t, _), value in zip(pairs, new, strict=True):
+        t.data = value
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,9 @@ def build_u2pl_optimizer(
             raise ConfigError(f"U2PL {key} = {value!r}: expected a non-negative number")
     groups = u2pl_param_groups(model, float(lr), float(head_lr_times))
     opt = torch.optim.SGD(
-        groups, lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay)
+        groups,
+        lr=float(lr),
+        momentum=float(momentum),
+        weight_decay=float(weight_decay),
     )
     return opt, [g["lr"] for g in opt.param_groups]

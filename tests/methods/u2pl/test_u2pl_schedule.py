@@ -11,9 +11,11 @@ from torch import nn
 from cpcl.config import ConfigError
 from cpcl.methods.u2pl.schedule import (
     TeacherSchedule,
+    alias_teacher_params,
     build_u2pl_optimizer,
     contra_alpha_t,
     drop_percent,
+    ema_update,
     set_poly_lr,
 )
 
@@ -157,3 +159,33 @@ def test_presets_match_the_official_configs(schedules, golden_dir):
             for key, value in c["cfg_contra"].items():
                 if hasattr(p.contra, key):
                     assert getattr(p.contra, key) == value, (fname, key)
+
+
+@pytest.mark.parametrize("foreach", [None, False, True])
+def test_ema_update_is_bitwise_the_official_formula_and_leaves_an_aliased_student(foreach):
+    """The EMA (per parameter or multi-tensor) gives exactly `d*t + (1-d)*s` per parameter (new tensors), and in
+    the teacher-copy epoch (shared storage) it does not move the student."""
+    gen = torch.Generator().manual_seed(0)
+
+    def net() -> nn.Module:
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 5, 1))
+        for p in m.parameters():
+            p.data = torch.randn(p.shape, generator=gen)
+        return m
+
+    teacher, student = net(), net()
+    want = [
+        0.99 * t.data + (1 - 0.99) * s.data
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True)
+    ]
+    ema_update(teacher, student, 0.99, foreach=foreach)
+    for t, w in zip(teacher.parameters(), want, strict=True):
+        assert torch.equal(t.data, w)
+
+    alias_teacher_params(teacher, student)
+    kept = [s.detach().clone() for s in student.parameters()]
+    ema_update(teacher, student, 0.7, foreach=foreach)
+    for t, s, k in zip(teacher.parameters(), student.parameters(), kept, strict=True):
+        assert torch.equal(s.data, k)
+        assert t.data_ptr() != s.data_ptr()
+        assert torch.equal(t.data, 0.7 * k + (1 - 0.7) * k)

@@ -100,6 +100,16 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert config_sources(C, argv)["lr"] == "command line"
 
 
+@pytest.mark.parametrize("dataset", ["voc", "cityscapes"])
+def test_channels_last_is_the_speed_default_unless_overridden(dataset):
+    """UniMatch trains channels-last by default (it pays there); CPCL keeps NCHW; the
+    command line wins."""
+    assert apply_overrides(load_preset(dataset), ["--method=unimatch"]).channels_last is True
+    assert apply_overrides(load_preset(dataset), ["--method=cpcl"]).channels_last is False
+    argv = ["--method=unimatch", "--channels_last=false"]
+    assert apply_overrides(load_preset(dataset), argv).channels_last is False
+
+
 @pytest.mark.parametrize(
     ("arg", "key"),
     [
