@@ -47,7 +47,7 @@ class CoSANet(nn.Module):
         self,
         backbone: str,
         num_classes: int,
-        pretrained: str | None | bool = None,
+        pretrained: str | bool | None = None,
         aux_layer: int = -3,
         isgap: bool = False,
         decoder: str = "LargeFOV",

@@ -99,7 +99,7 @@ def build_cosa_optimizer(
     ]
     param_groups = [
         {"params": params, "lr": g_lr, "weight_decay": g_wd}
-        for params, (g_lr, g_wd) in zip(groups, spec)
+        for params, (g_lr, g_wd) in zip(groups, spec, strict=True)
     ]
     return torch.optim.AdamW(
         param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wt_dec, foreach=foreach
@@ -110,7 +110,7 @@ def set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
     """Write one LR per group (the schedule's values) before `optimizer.step()`."""
     if len(lrs) != len(optimizer.param_groups):
         raise CpclError(f"{len(lrs)} LRs for {len(optimizer.param_groups)} parameter groups")
-    for group, lr in zip(optimizer.param_groups, lrs):
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
 
 
@@ -140,6 +140,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = 0.9994)
         raise CpclError(
             f"CoSA EMA: teacher has {len(t_params)} parameters, student {len(s_params)}"
         )
-    for p_t, p_s in zip(t_params, s_params):
+    for p_t, p_s in zip(t_params, s_params, strict=True):
         # Same operation order as `param_a.data.mul_(m).add_((1 - m) * param_o)`.
         p_t.mul_(momentum).add_((1 - momentum) * p_s.detach())

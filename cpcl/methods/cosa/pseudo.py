@@ -150,7 +150,7 @@ def seg_refine_by_label(
     Default: absent classes (background always present) get -1e5, then `softmax(seg / temp)`.
     `after_softmax=True`: softmax first, then multiply by the 0/1 labels.
     """
-    b, c, h, w = seg.shape
+    b, c = seg.shape[:2]
     if cls_label.shape != (b, c - 1):
         raise CpclError(
             f"seg_refine_by_label: labels {tuple(cls_label.shape)} do not fit seg {tuple(seg.shape)}"

@@ -207,7 +207,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+    except Exception as err:  # any unreadable file gets the same clear message
         raise CheckpointError(f"ViT pretrained weights {path}: cannot be read ({err})") from err
     # DeiT releases wrap the state dict as {"model": ...}.
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -58,7 +58,7 @@ def test_forward_matches_official(forward_fx, golden_dir, det_weights):
         assert sum(p.numel() for p in model.parameters()) == case["n_params"], name
         x = case["x"]
         with torch.no_grad():
-            outs = dict(zip(OUTPUTS, model(x)))
+            outs = dict(zip(OUTPUTS, model(x), strict=True))
             cam_only = model(x, cam_only=True)
             seg_only = model(x, seg_only=True)
             model.eval()
@@ -70,12 +70,12 @@ def test_forward_matches_official(forward_fx, golden_dir, det_weights):
         assert max_rel_diff(cam_only[1], case["cam_only_cam_aux"]) < 1e-5, name
         assert max_rel_diff(seg_only, case["seg_only"]) < 1e-5, name
         # All drop rates are 0: eval and train mode agree exactly.
-        for a, b in zip(eval_outs, outs.values()):
+        for a, b in zip(eval_outs, outs.values(), strict=True):
             assert (a - b).abs().max().item() == case["eval_minus_train_max_abs"]
 
         model.double().train()
         with torch.no_grad():
-            outs64 = dict(zip(OUTPUTS, model(x.double())))
+            outs64 = dict(zip(OUTPUTS, model(x.double()), strict=True))
         for key in OUTPUTS:
             diff = max_rel_diff(outs64[key], case[key + "_fp64"])
             assert diff < 1e-9, (name, key, diff)
