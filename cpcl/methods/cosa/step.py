@@ -17,7 +17,7 @@ Order (all of it as the official loop, `usegmm`/`use_cammix`/`aux_seg2cam` off, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from .losses import cam_loss, cls_loss, seg_loss
 from .optim import cosa_lrs, ema_update, loss_weights, set_lrs
 from .pseudo import cam2mask, cam_validation, multi_scale_camseg, seg_refine_by_label
 
-__all__ = ["CoSAStepSettings", "cosa_train_step"]
+__all__ = ["COSA_SETTINGS", "CoSAStepSettings", "cosa_settings", "cosa_train_step"]
 
 EnergyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,6 +57,24 @@ class CoSAStepSettings:
     cam_weight: float = 0.05
     reg_weight: float = 0.05
     momentum: float = 0.9994
+
+
+# Official settings per dataset: VOC = `args.py` overridden by `run_voc.sh` (max_iters 32000,
+# aux_layer -4), COCO = `args_coco.py` (aux_layer -3). aux_layer is a network setting.
+COSA_SETTINGS: dict[str, CoSAStepSettings] = {
+    "voc": CoSAStepSettings(),
+    "coco": CoSAStepSettings(max_iters=60000, warmup_iters=10000, high_thre=0.65),
+}
+
+
+def cosa_settings(dataset: str, **overrides: object) -> CoSAStepSettings:
+    """The official step settings of `dataset` ('voc' or 'coco') with `overrides` applied."""
+    if dataset not in COSA_SETTINGS:
+        raise CpclError(f"CoSA settings for {dataset!r}: expected one of {sorted(COSA_SETTINGS)}")
+    try:
+        return replace(COSA_SETTINGS[dataset], **overrides)
+    except TypeError as err:
+        raise CpclError(f"CoSA settings override {sorted(overrides)}: {err}") from err
 
 
 def _default_energy() -> EnergyFn:

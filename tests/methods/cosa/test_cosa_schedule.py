@@ -39,7 +39,12 @@ def test_lr_schedule_matches_official(sched):
             step, sched["lr"], sched["max_iters"], lrscale=sched["lrscale"],
             min_mult=sched["min_mult"], warmup_iter=sched["warmup_iter"],
         )  # fmt: skip
-        assert max_rel_diff(torch.tensor(got), torch.tensor(ref)) < TOL, step
+        assert (
+            max_rel_diff(
+                torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)
+            )
+            < TOL
+        ), step
 
 
 def test_lr_unchanged_after_max_iters(sched):
@@ -65,12 +70,8 @@ def test_loss_warmup_rule(sched):
 def test_ema_matches_official(sched):
     ema = sched["ema"]
     m = ema["momentum"]
-    student, teacher = torch.nn.Linear(5, 1, bias=False), torch.nn.Linear(5, 1, bias=False)
-    with torch.no_grad():
-        student.weight.copy_(torch.tensor([ema["student"]], dtype=torch.float64))
-        teacher.weight.copy_(torch.tensor([ema["teacher"]], dtype=torch.float64))
-    student.double()
-    teacher.double()
+    student = torch.nn.Linear(5, 1, bias=False, dtype=torch.float64)
+    teacher = torch.nn.Linear(5, 1, bias=False, dtype=torch.float64)
     with torch.no_grad():
         student.weight.copy_(torch.tensor([ema["student"]], dtype=torch.float64))
         teacher.weight.copy_(torch.tensor([ema["teacher"]], dtype=torch.float64))
