@@ -1,0 +1,1 @@
+"""CoSA: weakly supervised co-training with swapping assignments (ECCV 2024)."""
