@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ...data.datasets import SegDataset, missing_data_help, read_image, read_label
+from ...data.datasets import SegDataset, missing_data_help
 from ...data.splits import parse_split
 from ...data.views import DataView, Loaded, RngFor
 from ...errors import DataError
@@ -80,11 +80,11 @@ def _coco_folder(list_path: str) -> str:
     return "val2014" if stem[:3] == "val" else f"{stem}2014"
 
 
-class CocoDataset:
+class CocoDataset(SegDataset):
     """Images (and labels) of one COCO-2014 list in CoSA's layout (module docstring).
 
-    Same interface as `SegDataset`: ``len()``, ``load(i) -> (uint8 RGB, label or None, name)``,
-    `.names`; the files are checked to exist on construction.
+    A `SegDataset` (same ``len()``, ``load(i) -> (uint8 RGB, label or None, id)``, `.names`,
+    errors) whose entries follow the COCO folders; the files are checked on construction.
     """
 
     def __init__(
@@ -96,8 +96,10 @@ class CocoDataset:
         with_labels: bool = True,
         label_policy: str = "error",
     ) -> None:
+        # SegDataset.__init__ would read the ids as VOC ids; only its loading is reused.
         self.root, self.list_path = os.fspath(root), os.fspath(list_path)
-        self.num_classes, self.label_policy = num_classes, label_policy
+        self.num_classes, self.with_labels = num_classes, with_labels
+        self.label_policy, self.id_map = label_policy, None
         if not os.path.isdir(self.root):
             raise DataError(f"COCO root not found: {self.root}\nexpected:\n{COCO_TREE}")
         split = parse_split(self.list_path, layout="u2pl")  # bare ids: only the stems are used
@@ -106,15 +108,14 @@ class CocoDataset:
                 f"{self.list_path}: entries in format {split.format}; expected one COCO image "
                 "id (COCO_train2014_000000000009) per line"
             )
-        self.lines = split.lines
+        self.format, self.lines = "coco", split.lines
         self.names = [Path(img).stem for img, _ in split.entries]
         folder = _coco_folder(self.list_path)
-        self.entries: list[tuple[str, str | None]] = [
+        labels = os.path.join(self.root, "SegmentationClass", folder)
+        self.entries = [
             (
                 os.path.join(self.root, folder, f"{n}.jpg"),
-                os.path.join(self.root, "SegmentationClass", folder, f"{n}.png")
-                if with_labels
-                else None,
+                os.path.join(labels, f"{n}.png") if with_labels else None,
             )
             for n in self.names
         ]
@@ -125,31 +126,9 @@ class CocoDataset:
             if missing:
                 i = missing[0]
                 raise DataError(
-                    f"{kind} not found: {self.entries[i][col]} (listed in {self.list_path}, line "
-                    f"{self.lines[i]}; {len(missing)} of {len(self)} {kind}s missing)\n"
-                    f"expected:\n{COCO_TREE}"
+                    f"{kind} not found: {self.entries[i][col]} ({self._where(i)}; "
+                    f"{len(missing)} of {len(self)} {kind}s missing)\nexpected:\n{COCO_TREE}"
                 )
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-        """(image HxWx3 uint8 RGB, label HxW uint8 or None, id) of entry `i`."""
-        img_path, lab_path = self.entries[i]
-        where = f"listed in {self.list_path}, line {self.lines[i]}"
-        try:
-            img = read_image(img_path)
-            label = None
-            if lab_path is not None:
-                label = read_label(lab_path, num_classes=self.num_classes, policy=self.label_policy)
-        except DataError as err:
-            raise DataError(f"{err} ({where})") from err
-        if label is not None and label.shape != img.shape[:2]:
-            raise DataError(
-                f"image {img_path} is {img.shape[0]}x{img.shape[1]} but label {lab_path} is "
-                f"{label.shape[0]}x{label.shape[1]} ({where}); expected the same size"
-            )
-        return img, label, self.names[i]
 
 
 def build_cosa_dataset(

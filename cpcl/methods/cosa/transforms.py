@@ -72,11 +72,10 @@ __all__ = [
     "val_normalize_lut",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VAL_MEAN_255 = (123.675, 116.28, 103.53)
-VAL_STD_255 = (58.395, 57.12, 57.375)
 IGNORE_INDEX = 255
+# Training views: torchvision Normalize on the 0-1 scale; validation: normalize_img on 0-255.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VAL_MEAN_255, VAL_STD_255 = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 # `randaug.OneOf` list, in the official order (`voc.py:305-314`).
 STRONG_OPS = (

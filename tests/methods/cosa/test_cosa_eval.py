@@ -43,7 +43,7 @@ def denormalize_img_(imgs, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 5
 
 
 def multi_scale_camsegv3(model, imgs, scales, getcls=False):
-    b, c, h, w = imgs.shape
+    b, _c, h, w = imgs.shape
     cam_list = []
     cam_aux_list = []
     seg_list = []
@@ -57,7 +57,7 @@ def multi_scale_camsegv3(model, imgs, scales, getcls=False):
             else:
                 imgs_ = imgs
             imgs_cat = torch.cat([imgs_, imgs_.flip(-1)], dim=0)
-            cls_f, cls_a, _, _seg, _cam, _cam_aux = model(imgs_cat, cam_only=False)
+            _cls_f, _cls_a, _, _seg, _cam, _cam_aux = model(imgs_cat, cam_only=False)
             _cam = F.interpolate(_cam, size=(h, w), mode="bilinear", align_corners=False)
             _cam = torch.max(_cam[:b, ...], _cam[b:, ...].flip(-1))
             _cam_aux = F.interpolate(_cam_aux, size=(h, w), mode="bilinear", align_corners=False)
@@ -79,7 +79,7 @@ def multi_scale_camsegv3(model, imgs, scales, getcls=False):
 
 def cam_to_label(cam, cls_label, img_box=None, bkg_thre=None, high_thre=None, low_thre=None,
                  ignore_mid=False, ignore_index=None):  # fmt: skip
-    b, c, h, w = cam.shape
+    _b, _c, h, w = cam.shape
     if cls_label is not None:
         cls_label_rep = cls_label.unsqueeze(-1).unsqueeze(-1).repeat([1, 1, h, w])
         valid_cam = cls_label_rep * cam
@@ -92,7 +92,7 @@ def cam_to_label(cam, cls_label, img_box=None, bkg_thre=None, high_thre=None, lo
 
 
 def seg_validation(seg, cls_label):
-    b, c, h, w = seg.shape
+    b, _c, _h, _w = seg.shape
     if cls_label is not None:
         cls_label_bk = torch.cat([torch.ones(b, 1).long().to(cls_label.device), cls_label], dim=1)
         valid_seg = seg.clone()
@@ -112,7 +112,7 @@ def _fast_hist(label_true, label_pred, num_classes):
 
 def scores(label_trues, label_preds, num_classes):
     hist = np.zeros((num_classes, num_classes))
-    for lt, lp in zip(label_trues, label_preds):
+    for lt, lp in zip(label_trues, label_preds, strict=True):
         hist += _fast_hist(lt.flatten(), lp.flatten(), num_classes)
     acc = np.diag(hist).sum() / hist.sum()
     _acc_cls = np.diag(hist) / hist.sum(axis=1)
@@ -253,7 +253,7 @@ def test_matches_official_loop(num_classes: int, crop: int, seed: int) -> None:
     samples = _samples(seed, num_classes)
     cls = [class_vector(label, num_classes) for _, label in samples]
     official, seg_logits = official_evaluate(
-        model, [(i, lab, c) for (i, lab), c in zip(samples, cls)], num_classes, crop, 0.5,
+        model, [(i, lab, c) for (i, lab), c in zip(samples, cls, strict=True)], num_classes, crop, 0.5,
         stub_crf,
     )  # fmt: skip
     net = CosaSegNet(model)
@@ -306,7 +306,7 @@ def test_bad_inputs() -> None:
     ds = ListDataset([(np.zeros((8, 8, 3), np.uint8), None)])
     with pytest.raises(CpclError, match="no label"):
         evaluate_cosa(CosaSegNet(model), ds, num_classes=4, crop_size=16)
-    with pytest.raises(CpclError, match="scale 1.0"):
+    with pytest.raises(CpclError, match=r"scale 1\.0"):
         evaluate_cosa(CosaSegNet(model), ds, num_classes=4, scales=(0.5, 1.5))
     with pytest.raises(CpclError, match="for 21 classes"):
         evaluate_cosa(model, ds, num_classes=4, image_labels=ImageLabels.from_masks(21))
