@@ -33,7 +33,10 @@ Per validation image (the official val loader: `VOC12SegDataset` / `COCOSegDatas
    LAST SCALE (`cam_aux_list = [...]` is reassigned in the loop, an official quirk kept).
    Resized to the label (bilinear), multiplied by the class vector, argmax + 1, and pixels
    whose best class score is ``<= bkg_thre`` (0.5) are background (`cam_to_label`,
-   `seg_helper.py:515-545`, without img_box). Scored like the segmentation.
+   `seg_helper.py:515-545`, without img_box). Scored like the segmentation. With
+   ``--eval_threshold_filters`` (official default: none) each threshold t also turns the
+   class-filtered CAMs into a pseudo mask with an uncertain band (`cam_masks`), scored
+   without its uncertain pixels (`cam_thresholds`).
 
 Scores (`utils/evaluation.py:19-42`, `cosa_scores`): one confusion matrix over the dataset
 (label 255 not counted); IoU per class = diag / (row + col - diag); mIoU = nanmean over the
@@ -54,6 +57,7 @@ from torch import Tensor, nn
 from ...errors import CpclError
 from ...evaluate.dataset import lut_normalise
 from ...metrics import confusion_matrix
+from .cam_masks import cam_threshold_mask, pseudo_pair
 from .image_labels import ImageLabels
 from .transforms import VAL_MEAN_255, VAL_STD_255, val_normalize_lut
 
@@ -64,6 +68,7 @@ __all__ = [
     "CosaSegNet",
     "Crf",
     "cam_to_label",
+    "cosa_official_evaluator",
     "cosa_scores",
     "denormalize",
     "evaluate_cosa",
@@ -243,10 +248,13 @@ def predict_image(
     crf: Crf | None = None,
     cams: bool = False,
     bkg_thre: float = OFFICIAL_BKG_THRE,
+    cam_thresholds: Sequence[float] = (),
 ) -> dict[str, Tensor]:
     """The official predictions (H,W) int64 on the CPU of one normalised image `img` (1,3,H,W)
     with its class vector `cls_label` (1,C-1): ``seg_vd`` (filtered logits), ``seg_ps``
-    (unfiltered), and with `crf` ``crf``, with `cams` ``cam`` and ``cam_aux``."""
+    (unfiltered), and with `crf` ``crf``, with `cams` ``cam`` and ``cam_aux``, and per threshold
+    t of `cam_thresholds` (with `cams`) the pseudo masks ``cam_t<t>`` and ``cam_aux_t<t>``
+    (`cam_masks.cam_threshold_mask`, 255 = uncertain)."""
     size = img.shape[-2:]
     inputs = _resize(img, (crop_size, crop_size))
     if cams:
@@ -261,8 +269,12 @@ def predict_image(
         image = denormalize(img).permute(0, 2, 3, 1).cpu().numpy()[0]
         out["crf"] = torch.from_numpy(np.argmax(np.asarray(crf(image, probs)), axis=0))
     if cams:
-        out["cam"] = cam_to_label(_resize(cam, size), cls_label, bkg_thre)[0]
-        out["cam_aux"] = cam_to_label(_resize(cam_aux, size), cls_label, bkg_thre)[0]
+        for key, c in (("cam", cam), ("cam_aux", cam_aux)):
+            resized = _resize(c, size)
+            out[key] = cam_to_label(resized, cls_label, bkg_thre)[0]
+            valid = cls_label[:, :, None, None] * resized  # cam_validation
+            for t in cam_thresholds:
+                out[f"{key}_t{t:g}"] = cam_threshold_mask(valid, cls_label, t)
     return {k: v.long().cpu() for k, v in out.items()}
 
 
@@ -279,6 +291,7 @@ def evaluate_cosa(
     crf: Crf | None = None,
     cams: bool = False,
     bkg_thre: float = OFFICIAL_BKG_THRE,
+    cam_thresholds: Sequence[float] = (),
     device: torch.device | str = "cpu",
     exports: Any = None,
     progress: bool = False,
@@ -293,7 +306,8 @@ def evaluate_cosa(
     CRF's when `crf` is given (the official final "Seg_crf"), else the filtered logits' ("Seg_vd")
     or, with ``filter_by_image_labels=False``, the unfiltered ones' ("Seg_ps"). Also each
     prediction's own `cosa_scores` under ``seg_vd``, ``seg_ps`` and, when asked, ``crf``,
-    ``cam``, ``cam_aux``. `exports` (`cpcl.evaluate.Exports`) writes the reported prediction.
+    ``cam``, ``cam_aux`` and the thresholded pseudo masks ``cam_t<t>``, ``cam_aux_t<t>`` (scored
+    without their uncertain pixels, `cam_masks.pseudo_pair`). `exports` (`cpcl.evaluate.Exports`) writes the reported prediction.
     """
     labels = image_labels if image_labels is not None else ImageLabels.from_masks(num_classes)
     if labels.num_classes != num_classes:
@@ -306,7 +320,10 @@ def evaluate_cosa(
     lut = torch.from_numpy(val_normalize_lut()).to(device)
     main = "crf" if crf is not None else "seg_vd" if filter_by_image_labels else "seg_ps"
     keys = ["seg_vd", "seg_ps"] + (["crf"] if crf is not None else [])
-    keys += ["cam", "cam_aux"] if cams else []
+    if cam_thresholds and not cams:
+        raise CpclError("CoSA eval: cam_thresholds score CAM pseudo masks; set cams=True")
+    pseudo = [f"{k}_t{t:g}" for k in ("cam", "cam_aux") for t in cam_thresholds]
+    keys += ["cam", "cam_aux", *pseudo] if cams else []
     hists = {k: torch.zeros(num_classes, num_classes, dtype=torch.int64) for k in keys}
     for i in _progress(len(dataset), progress):
         img, label, name = dataset.load(i)
@@ -322,9 +339,12 @@ def evaluate_cosa(
             crf=crf,
             cams=cams,
             bkg_thre=bkg_thre,
+            cam_thresholds=cam_thresholds,
         )
+        gt = torch.from_numpy(label).long()
         for k, pred in preds.items():
-            hists[k] += confusion_matrix(pred, label, num_classes)
+            pair = pseudo_pair(pred, gt) if k in pseudo else (pred, gt)
+            hists[k] += confusion_matrix(*pair, num_classes)
         if exports is not None:
             exports.write(preds[main].to(torch.uint8).numpy(), name, img, label)
     out = cosa_scores(hists[main])
@@ -332,3 +352,38 @@ def evaluate_cosa(
     for k in keys:
         out[k] = cosa_scores(hists[k])
     return out
+
+
+def cosa_official_evaluator(
+    *,
+    num_classes: int,
+    image_labels: ImageLabels | None = None,
+    crop_size: int = 448,
+    scales: Sequence[float] = OFFICIAL_EVAL_SCALES,
+    crf: Crf | None = None,
+    cams: bool = False,
+    cam_thresholds: Sequence[float] = (),
+) -> Any:
+    """The `cpcl.methods.base.OfficialEvaluator` of `evaluate_cosa` with these settings (what
+    ``--eval_protocol=official`` runs); its label names the protocol for tables and logs."""
+    import functools
+
+    from ..base import OfficialEvaluator
+
+    _check_scales(scales)
+    source = "derived from the masks" if image_labels is None else image_labels.source
+    label = (
+        f"cosa official: resize to {crop_size}x{crop_size}, scales {tuple(scales)} + flip "
+        f"(summed logits), absent classes filtered by the image-level labels ({source})"
+        + (", dense CRF" if crf is not None else "")
+    )
+    kwargs = {
+        "num_classes": num_classes,
+        "image_labels": image_labels,
+        "crop_size": crop_size,
+        "scales": tuple(scales),
+        "crf": crf,
+        "cams": cams,
+        "cam_thresholds": tuple(cam_thresholds),
+    }
+    return OfficialEvaluator(label, functools.partial(evaluate_cosa, **kwargs))

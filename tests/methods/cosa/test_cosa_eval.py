@@ -14,6 +14,7 @@ from cpcl.methods.base import OfficialEvaluator
 from cpcl.methods.cosa.evaluate import (
     OFFICIAL_EVAL_SCALES,
     CosaSegNet,
+    cosa_official_evaluator,
     cosa_scores,
     evaluate_cosa,
     multi_scale_camseg,
@@ -101,6 +102,80 @@ def seg_validation(seg, cls_label):
     return seg
 
 
+def cam_validation(cam, cls_label):
+    _b, _c, h, w = cam.shape
+    cls_label_rep = cls_label.unsqueeze(-1).unsqueeze(-1).repeat([1, 1, h, w])
+    valid_cam = cls_label_rep * cam
+    return valid_cam
+
+
+def _refine_cams(refine_model, images, cams, valid_key, orig_size):
+    if refine_model:  # noqa: SIM108 (official text)
+        refined_cams = refine_model(images, cams)
+    else:
+        refined_cams = cams
+    refined_cams = F.interpolate(refined_cams, size=orig_size, mode="bilinear", align_corners=False)
+    refined_label = refined_cams.argmax(dim=1)
+    refined_label = valid_key[refined_label]
+    return refined_label
+
+
+def cam2mask(images, img_boxes, cams, cls_labels, threshold_high, threshold_low,
+             refine_model=None, ignore_index=255, downscale=2):  # fmt: skip
+    b, _, h, w = images.shape
+    if downscale:
+        _images = F.interpolate(images, size=[h // downscale, w // downscale], mode="bilinear",
+                                align_corners=False)  # fmt: skip
+    else:
+        _images = images
+    threshold_temp = torch.ones((b, 1, h, w)).to(cams.device)
+    cams_high_threshold = torch.cat([threshold_temp.clone() * threshold_high, cams], dim=1)
+    cams_low_threshold = torch.cat([threshold_temp.clone() * threshold_low, cams], dim=1)
+    if downscale:
+        _cams_high_threshold = F.interpolate(cams_high_threshold, size=[h // downscale, w // downscale],
+                                             mode="bilinear", align_corners=False)  # fmt: skip
+        _cams_low_threshold = F.interpolate(cams_low_threshold, size=[h // downscale, w // downscale],
+                                            mode="bilinear", align_corners=False)  # fmt: skip
+    else:
+        _cams_high_threshold = cams_high_threshold
+        _cams_low_threshold = cams_low_threshold
+    cls_labels_with_bkg = torch.cat([torch.ones((b, 1)).to(cls_labels.device), cls_labels], dim=1)
+    refined_label_mask = threshold_temp.squeeze(1) * ignore_index
+    refined_label_mask_high = refined_label_mask.clone()
+    refined_label_mask_low = refined_label_mask.clone()
+    for b_idx, coord in enumerate(img_boxes):
+        current_labels = torch.nonzero(cls_labels_with_bkg[b_idx, ...])[:, 0]
+        active_cams_high = (
+            _cams_high_threshold[b_idx, current_labels, ...].unsqueeze(0).softmax(dim=1)
+        )
+        active_cams_low = (
+            _cams_low_threshold[b_idx, current_labels, ...].unsqueeze(0).softmax(dim=1)
+        )
+        _refined_label_mask_high = _refine_cams(refine_model, _images[[b_idx], ...],
+                                                active_cams_high, current_labels, orig_size=(h, w))  # fmt: skip
+        _refined_label_mask_low = _refine_cams(refine_model, _images[[b_idx], ...],
+                                               active_cams_low, current_labels, orig_size=(h, w))  # fmt: skip
+        refined_label_mask_high[b_idx, coord[0]:coord[1], coord[2]:coord[3]] = _refined_label_mask_high[0, coord[0]:coord[1], coord[2]:coord[3]]  # fmt: skip
+        refined_label_mask_low[b_idx, coord[0]:coord[1], coord[2]:coord[3]] = _refined_label_mask_low[0, coord[0]:coord[1], coord[2]:coord[3]]  # fmt: skip
+    refined_label_mask = refined_label_mask_high.clone()
+    refined_label_mask[refined_label_mask_high == 0] = ignore_index
+    refined_label_mask[(refined_label_mask_high + refined_label_mask_low) == 0] = 0
+    return refined_label_mask
+
+
+def pseudo_scores(label_trues, label_preds, num_classes):
+    """`pseudo_scores`: its loop body, then the reduction it shares verbatim with `scores`."""
+    trues, preds = [], []
+    for lt, lp in zip(label_trues, label_preds, strict=True):
+        lt = lt.flatten()
+        lp = lp.flatten()
+        lt[lp == 255] = 255
+        lp[lp == 255] = 0
+        trues.append(lt)
+        preds.append(lp)
+    return scores(trues, preds, num_classes)
+
+
 def _fast_hist(label_true, label_pred, num_classes):
     mask = (label_true >= 0) & (label_true < num_classes)
     hist = np.bincount(
@@ -123,9 +198,11 @@ def scores(label_trues, label_preds, num_classes):
     return {"pAcc": acc, "mAcc": acc_cls, "miou": mean_iu, "iou": iu, "hist": hist}
 
 
-def official_evaluate(model, samples, num_classes, crop_size, bkg_thre, crf):
+def official_evaluate(model, samples, num_classes, crop_size, bkg_thre, crf, threshold_filters):
     """The per-image body of `evaluation_engine.evaluate` (batch 1, one rank), then `scores`."""
     store = {"preds_ps": [], "preds_vd": [], "gts": [], "cams": [], "cams_aux": [], "vd_crfs": []}
+    store["cams_threshed"] = {thre: [] for thre in threshold_filters}
+    store["cams_aux_threshed"] = {thre: [] for thre in threshold_filters}
     seg_logits = []
     for image, label, cls_np in samples:
         img_org = torch.from_numpy(np.transpose(normalize_img(image), (2, 0, 1)))[None]
@@ -146,6 +223,20 @@ def official_evaluate(model, samples, num_classes, crop_size, bkg_thre, crf):
         resized_seg_ps = F.interpolate(seg_ps, size=labels.shape[1:], mode="bilinear",
                                        align_corners=False)  # fmt: skip
         valid_seg_ps = seg_validation(resized_seg_ps, cls_label)
+        img_denorm = denormalize_img_(img_org) / 255.0
+        valid_cam = cam_validation(resized_cam.clone(), cls_label)
+        valid_cam_aux = cam_validation(resized_cam_aux.clone(), cls_label)
+        for thre in threshold_filters:
+            cam_label_thred = cam2mask(images=img_denorm.clone(), img_boxes=[[0, -1, 0, -1]],
+                                       cams=valid_cam.clone(), cls_labels=cls_label,
+                                       threshold_high=1 - thre, threshold_low=thre)  # fmt: skip
+            cam_aux_label_threshed = cam2mask(images=img_denorm.clone(), img_boxes=[[0, -1, 0, -1]],
+                                              cams=valid_cam_aux.clone(), cls_labels=cls_label,
+                                              threshold_high=1 - thre, threshold_low=thre)  # fmt: skip
+            store["cams_threshed"][thre] += list(cam_label_thred.cpu().numpy().astype(np.uint8))
+            store["cams_aux_threshed"][thre] += list(
+                cam_aux_label_threshed.cpu().numpy().astype(np.uint8)
+            )
         store["gts"] += list(labels.cpu().numpy().astype(np.uint8))
         store["preds_ps"] += list(
             torch.argmax(resized_seg_ps, dim=1).cpu().numpy().astype(np.uint8)
@@ -164,6 +255,13 @@ def official_evaluate(model, samples, num_classes, crop_size, bkg_thre, crf):
         "cam": scores(store["gts"], store["cams"], num_classes),
         "cam_aux": scores(store["gts"], store["cams_aux"], num_classes),
     }
+    for thre in threshold_filters:
+        out[f"cam_t{thre:g}"] = pseudo_scores(
+            store["gts"], store["cams_threshed"][thre], num_classes
+        )
+        out[f"cam_aux_t{thre:g}"] = pseudo_scores(
+            store["gts"], store["cams_aux_threshed"][thre], num_classes
+        )
     return out, seg_logits
 
 
@@ -246,22 +344,25 @@ def _assert_same(ours: dict, theirs: dict) -> None:
 
 # The official `scores` divides 0/0 for classes absent from gt and prediction (NaN, as intended).
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("num_classes, crop, seed", [(4, 32, 0), (6, 24, 1)])
-def test_matches_official_loop(num_classes: int, crop: int, seed: int) -> None:
+@pytest.mark.parametrize(
+    "num_classes, crop, seed, thresholds", [(4, 32, 0, (0.25, 0.4)), (6, 24, 1, (0.3,))]
+)
+def test_matches_official_loop(num_classes: int, crop: int, seed: int, thresholds) -> None:
     torch.manual_seed(0)
     model = StubCoSA(num_classes, seed).eval()
     samples = _samples(seed, num_classes)
     cls = [class_vector(label, num_classes) for _, label in samples]
     official, seg_logits = official_evaluate(
         model, [(i, lab, c) for (i, lab), c in zip(samples, cls, strict=True)], num_classes, crop, 0.5,
-        stub_crf,
+        stub_crf, thresholds,
     )  # fmt: skip
     net = CosaSegNet(model)
     res = evaluate_cosa(
         net, ListDataset(samples), num_classes=num_classes, crop_size=crop, crf=stub_crf,
-        cams=True,
+        cams=True, cam_thresholds=thresholds,
     )  # fmt: skip
-    for key in ("seg_vd", "seg_ps", "crf", "cam", "cam_aux"):
+    assert set(official) == {k for k in res if isinstance(res[k], dict)}
+    for key in official:
         _assert_same(res[key], official[key])
     _assert_same(res, official["crf"])  # the reported number: the CRF's when a CRF is given
     assert res["num_images"] == len(samples)
@@ -313,13 +414,12 @@ def test_bad_inputs() -> None:
 
 
 def test_official_evaluator_wiring() -> None:
-    """`OfficialEvaluator(label, partial(evaluate_cosa, ...))` is called as the CLI calls it."""
-    import functools
-
+    """`cosa_official_evaluator` is an `OfficialEvaluator` called as the CLI calls it."""
     model = StubCoSA(4, 3).eval()
-    ev = OfficialEvaluator(
-        "cosa official", functools.partial(evaluate_cosa, num_classes=4, crop_size=16)
-    )
-    res = ev.evaluate(CosaSegNet(model), ListDataset(_samples(3, 4, 2)), device="cpu",
-                      exports=None, progress=False)  # fmt: skip
+    data = ListDataset(_samples(3, 4, 2))
+    ev = cosa_official_evaluator(num_classes=4, crop_size=16)
+    assert isinstance(ev, OfficialEvaluator) and "cosa official" in ev.label
+    res = ev.evaluate(CosaSegNet(model), data, device="cpu", exports=None, progress=False)
     assert res["num_images"] == 2 and res["hist"].dtype == torch.int64
+    direct = evaluate_cosa(CosaSegNet(model), data, num_classes=4, crop_size=16)
+    assert torch.equal(res["hist"], direct["hist"])
