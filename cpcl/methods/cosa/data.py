@@ -46,7 +46,7 @@ __all__ = [
     "CocoDataset",
     "CosaView",
     "build_cosa_dataset",
-    "image_labels",
+    "load_image_labels",
     "write_toy_cls_labels",
 ]
 
@@ -165,7 +165,7 @@ def build_cosa_dataset(
     raise DataError(f"CoSA dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
 
 
-def image_labels(
+def load_image_labels(
     npy_path: str | os.PathLike | None,
     num_classes: int,
     names: Sequence[str] = (),

@@ -18,7 +18,7 @@ from cpcl.methods.cosa.data import (
     CocoDataset,
     CosaView,
     build_cosa_dataset,
-    image_labels,
+    load_image_labels,
     write_toy_cls_labels,
 )
 from cpcl.methods.cosa.image_labels import (
@@ -388,7 +388,10 @@ def test_npy_read_and_derived_agree_on_toy(toy_voc: Path) -> None:
         assert vec.dtype == np.float32 and vec.shape == (3,)
         assert np.array_equal(vec, derived.vector(name, mask))
     assert "derived" in derived.description and str(path) in read.description
-    assert image_labels(None, 4).needs_masks and not image_labels(path, 4, ds.names).needs_masks
+    assert (
+        load_image_labels(None, 4).needs_masks
+        and not load_image_labels(path, 4, ds.names).needs_masks
+    )
 
 
 def test_official_voc_npy_reads(tmp_path: Path) -> None:
@@ -489,7 +492,7 @@ def test_view_sample(toy_voc: Path, source: str) -> None:
     ds = build_cosa_dataset(
         "voc", toy_voc, toy_voc / "train_aug.txt", num_classes=4, with_labels=npy is None
     )
-    labels = image_labels(npy, 4, ds.names)
+    labels = load_image_labels(npy, 4, ds.names)
     view = pickle.loads(pickle.dumps(CosaView(labels, CosaTransformSettings(crop_size=32))))
     assert view.streams == ("labeled",)
     loaded = ds.load(2)
