@@ -205,6 +205,11 @@ class CosaView(DataView):
         if keep_mask:
             self.keys = (*CosaView.keys, "mask")
 
+    @property
+    def description(self) -> str:
+        """The run log's line: where the image-level labels come from (`ImageLabels`)."""
+        return self.labels.description
+
     def sample(self, loaded: Sequence[Loaded], rng: RngFor) -> dict[str, np.ndarray]:
         """The arrays of one slot from its decoded (image, label or None, name)."""
         img, mask, name = loaded[0]

@@ -45,6 +45,7 @@ classes PRESENT IN THE GROUND TRUTH (a class only predicted does not count); pix
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +58,7 @@ from torch import Tensor, nn
 from ...errors import CpclError
 from ...evaluate.dataset import lut_normalise
 from ...metrics import confusion_matrix
+from ..base import OfficialEvaluator
 from .cam_masks import cam_threshold_mask, pseudo_pair
 from .image_labels import ImageLabels
 from .transforms import VAL_MEAN_255, VAL_STD_255, val_normalize_lut
@@ -341,7 +343,7 @@ def evaluate_cosa(
             bkg_thre=bkg_thre,
             cam_thresholds=cam_thresholds,
         )
-        gt = torch.from_numpy(label).long()
+        gt = torch.from_numpy(np.array(label, dtype=np.int64))  # a copy: labels may be read-only
         for k, pred in preds.items():
             pair = pseudo_pair(pred, gt) if k in pseudo else (pred, gt)
             hists[k] += confusion_matrix(*pair, num_classes)
@@ -366,10 +368,6 @@ def cosa_official_evaluator(
 ) -> Any:
     """The `cpcl.methods.base.OfficialEvaluator` of `evaluate_cosa` with these settings (what
     ``--eval_protocol=official`` runs); its label names the protocol for tables and logs."""
-    import functools
-
-    from ..base import OfficialEvaluator
-
     _check_scales(scales)
     source = "derived from the masks" if image_labels is None else image_labels.source
     label = (

@@ -24,11 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CpclError
+from .energy import energy_loss
 from .losses import cam_loss, cls_loss, seg_loss
 from .optim import cosa_lrs, ema_update, loss_weights, set_lrs
 from .pseudo import cam2mask, cam_validation, multi_scale_camseg, seg_refine_by_label
 
-__all__ = ["COSA_SETTINGS", "CoSAStepSettings", "cosa_settings", "cosa_train_step"]
+__all__ = [
+    "COSA_SETTINGS",
+    "CoSAStepSettings",
+    "cosa_forward_loss",
+    "cosa_settings",
+    "cosa_train_step",
+]
 
 EnergyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,44 +84,29 @@ def cosa_settings(dataset: str, **overrides: object) -> CoSAStepSettings:
         raise CpclError(f"CoSA settings override {sorted(overrides)}: {err}") from err
 
 
-def _default_energy() -> EnergyFn:
-    try:
-        from .energy import energy_loss
-    except ImportError as err:
-        raise CpclError(
-            "CoSA step: cpcl.methods.cosa.energy (the energy/CRF regulariser) is not available; "
-            "pass energy_fn explicitly"
-        ) from err
-    return energy_loss
-
-
-def cosa_train_step(
+def cosa_forward_loss(
     student: nn.Module,
     teacher: nn.Module,
-    optimizer: torch.optim.Optimizer,
     wimg: torch.Tensor,
     simg: torch.Tensor,
     cls_label: torch.Tensor,
     img_box: torch.Tensor,
     n_iter: int,
-    global_step: int,
     settings: CoSAStepSettings = CoSAStepSettings(),
     *,
     energy_fn: EnergyFn | None = None,
-) -> dict[str, torch.Tensor | list[float]]:
-    """Run one iteration in place (student update + EMA teacher); return its values.
+) -> dict[str, torch.Tensor]:
+    """Steps 1-7 of one iteration without the update: the forwards and losses.
 
-    `student` may be a DDP wrapper (its `.module` is used for the EMA, as `main.py:251`).
-    `n_iter` is the 0-based loop index (loss warm-up), `global_step` the optimiser's step count
-    before this step (LR schedule); the official loop has them equal. `energy_fn(img, logit,
-    label, img_box)` defaults to `cpcl.methods.cosa.energy.energy_loss`.
-    Returns the losses (`loss` has shape (1,), as the official one), the masks, the teacher
-    pseudo labels, the student outputs (detached) and `lr_used`.
+    `n_iter` is the 0-based loop index (loss warm-up). `energy_fn(img, logit, label, img_box)`
+    defaults to `cpcl.methods.cosa.energy.energy_loss`. Returns `loss` (shape (1,), as the
+    official one, with its graph), the detached loss parts, the masks, the teacher pseudo labels
+    and the student outputs (detached).
     """
     s = settings
     if wimg.shape != simg.shape:
         raise CpclError(f"CoSA step: wimg {tuple(wimg.shape)} and simg {tuple(simg.shape)} differ")
-    energy = energy_fn if energy_fn is not None else _default_energy()
+    energy = energy_fn if energy_fn is not None else energy_loss
 
     cam_ps, cam_aux_ps, seg_ps = multi_scale_camseg(teacher, wimg, s.pseudo_scales)
     cls, cls_aux, _, seg_pred, cam_pred, cam_aux_pred = student(simg, cam_only=False)
@@ -154,16 +146,8 @@ def cosa_train_step(
         + w["cam"] * loss_cam
         + w["reg"] * loss_reg
     )
-
-    optimizer.zero_grad()
-    loss.backward()
-    lrs = cosa_lrs(global_step, s.lr, s.max_iters, lrscale=s.lrscale, min_mult=s.min_mult)
-    set_lrs(optimizer, lrs)
-    optimizer.step()
-    ema_update(teacher, getattr(student, "module", student), s.momentum)
-
-    out: dict[str, torch.Tensor | list[float]] = {
-        "loss": loss.detach(),
+    out: dict[str, torch.Tensor] = {
+        "loss": loss,
         "cls_loss": loss_cls.detach(),
         "cls_loss_aux": loss_cls_aux.detach(),
         "seg_loss": loss_seg.detach(),
@@ -178,9 +162,47 @@ def cosa_train_step(
         "student_seg": seg_pred.detach(),
         "student_cam": cam_pred.detach(),
         "student_cam_aux": cam_aux_pred.detach(),
-        "lr_used": lrs,
     }
     if mask_aux is not None:
         out["mask_aux"] = mask_aux
         out["seg_loss_aux"] = loss_seg_aux.detach()
+    return out
+
+
+def cosa_train_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    wimg: torch.Tensor,
+    simg: torch.Tensor,
+    cls_label: torch.Tensor,
+    img_box: torch.Tensor,
+    n_iter: int,
+    global_step: int,
+    settings: CoSAStepSettings = CoSAStepSettings(),
+    *,
+    energy_fn: EnergyFn | None = None,
+) -> dict[str, torch.Tensor | list[float]]:
+    """Run one iteration in place (student update + EMA teacher); return its values.
+
+    `student` may be a DDP wrapper (its `.module` is used for the EMA, as `main.py:251`).
+    `n_iter` is the 0-based loop index (loss warm-up), `global_step` the optimiser's step count
+    before this step (LR schedule); the official loop has them equal. The forwards and losses are
+    `cosa_forward_loss`. Returns its values (`loss` detached) and `lr_used`.
+    """
+    s = settings
+    out: dict[str, torch.Tensor | list[float]] = dict(
+        cosa_forward_loss(
+            student, teacher, wimg, simg, cls_label, img_box, n_iter, s, energy_fn=energy_fn
+        )
+    )
+    loss = out["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    lrs = cosa_lrs(global_step, s.lr, s.max_iters, lrscale=s.lrscale, min_mult=s.min_mult)
+    set_lrs(optimizer, lrs)
+    optimizer.step()
+    ema_update(teacher, getattr(student, "module", student), s.momentum)
+    out["loss"] = loss.detach()
+    out["lr_used"] = lrs
     return out

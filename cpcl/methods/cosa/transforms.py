@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from ...data.strong_aug import AugRng
+from ...data.aug_rng import AugRng
 from ...errors import DataError
 
 __all__ = [

@@ -56,6 +56,8 @@ class ViTConfig:
 VIT_CONFIGS: dict[str, ViTConfig] = {
     "vit_base_patch16_224": ViTConfig(embed_dim=768, num_heads=12),
     "deit_tiny_patch16_224": ViTConfig(embed_dim=192, num_heads=3),
+    # Not an official backbone: a tiny ViT for tests and the toy benchmark (no pretrained file).
+    "vit_toy_patch16": ViTConfig(embed_dim=64, num_heads=2, depth=4, mlp_ratio=2),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from cpcl.data.strong_aug import AugRng
+from cpcl.data.aug_rng import AugRng
 from cpcl.errors import DataError
 from cpcl.methods.cosa.data import (
     CocoDataset,
