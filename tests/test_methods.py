@@ -147,3 +147,21 @@ def test_eval_net_from_an_old_style_checkpoint(branch):
     assert isinstance(net, BranchMean) == (branch == "avg")
     # The evaluator picks `.branch1` of a two-branch model: the mean must not offer one.
     assert not hasattr(net, "branch1")
+
+
+def test_run_reads_only_the_split_lists_of_the_declared_streams(tmp_path):
+    from cpcl.data.toy import make_toy_voc
+    from cpcl.engine import resolve_run_config
+
+    make_toy_voc(tmp_path, n_train=16, n_val=2, height=40, width=48, num_classes=4, seed=0)
+    args = [f"--dataset_path={tmp_path}", "--labeled_ratio=4", "--num_classes=4"]
+    (tmp_path / "subset_train_aug" / "train_aug_unlabeled_1-4.txt").unlink()
+    C, sources = resolve_run_config(
+        apply_overrides(load_preset("voc"), ["--method=sup", *args]), root=str(tmp_path)
+    )
+    assert get_method("sup").streams == ("labeled",) and list(sources) == ["labeled"]
+    assert C.num_train_imgs == len(sources["labeled"])
+    with pytest.raises(CpclError, match=r"train_aug_unlabeled_1-4\.txt"):
+        resolve_run_config(
+            apply_overrides(load_preset("voc"), ["--method=cpcl", *args]), root=str(tmp_path)
+        )

