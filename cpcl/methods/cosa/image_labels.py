@@ -14,7 +14,7 @@ Two sources, one object (`ImageLabels`):
 * `ImageLabels.from_masks(num_classes)`: derived from each image's segmentation label, lazily,
   per sample, from the mask the loader decodes anyway (classes present, 0 = background and 255
   = ignore excluded; `class_vector`); the official `_to_onehot` (`voc.py:195-207`) rule. The cost
-  is one `np.bincount` per sample (about 0.3 ms for a 500x375 VOC mask), so nothing is cached;
+  is one `np.bincount` per sample (under 1 ms for a 500x375 VOC mask), so nothing is cached;
   `write_cls_labels_npy` writes the official-format file once for a whole list when wanted.
 
 `ImageLabels.description` is one line for the run log saying which source is used.
