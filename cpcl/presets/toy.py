@@ -85,3 +85,32 @@ SEMISUP_OVERRIDES = (
     ),
     *_SEMISUP_CHANGES,
 )
+
+# --- weakly supervised section (scripts/bench_semisup.py --weak) ---
+# CoSA on the image-level labels of all 128 training images of the semi-supervised toy set
+# (derived from the masks), from scratch: a toy ViT (D 64, 4 blocks) with a 64-channel LargeFOV,
+# 96x96 crops, 200 iterations. The official LR warm-up (1500 iterations) and loss warm-up (6000)
+# are scaled to the short run (20 and 60 iterations); AdamW lr 1e-3 (the official 6e-5 fine-tunes
+# an ImageNet ViT-B; this one starts from random weights), heads x10 as the official lrscale.
+WEAK_OVERRIDES = (
+    "--method=cosa",
+    "--cosa_backbone=vit_toy_patch16",
+    "--cosa_decoder_width=64",
+    "--pretrained_model=None",
+    f"--num_classes={NUM_CLASSES}",
+    f"--class_names={','.join(TOY_CLASS_NAMES)}",
+    "--image_height=96",
+    "--image_width=96",
+    "--batch_size=8",
+    "--lr=1e-3",
+    "--nepochs=4",
+    "--niters_per_epoch=50",
+    "--cosa_lr_warmup_iters=20",
+    "--cosa_warmup_iters=60",
+    "--num_workers=1",
+    "--display_iter=25",
+    "--snapshot_iter=4",
+)
+# The CAM baseline: the same run with the seg, CAM and energy losses off (classification only,
+# no co-training); its student's CAMs become masks as the official CAM score does.
+CAM_BASELINE_OVERRIDES = ("--cosa_seg_weight=0", "--cosa_cam_weight=0", "--cosa_reg_weight=0")

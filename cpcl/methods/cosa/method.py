@@ -46,7 +46,7 @@ from .data import CosaView, load_image_labels
 from .evaluate import OFFICIAL_CRF_PARAMS, OFFICIAL_EVAL_SCALES, CosaSegNet, cosa_official_evaluator
 from .image_labels import ImageLabels
 from .network import CoSANet
-from .optim import build_cosa_optimizer, cosa_lrs, ema_update, set_lrs
+from .optim import LR_WARMUP_ITERS, build_cosa_optimizer, cosa_lrs, ema_update, set_lrs
 from .step import CoSAStepSettings, cosa_forward_loss
 from .transforms import CosaTransformSettings
 from .vit import VIT_CONFIGS, load_vit_pretrained
@@ -112,10 +112,16 @@ class CosaModelSettings:
     aux_layer: int
     pretrained: str | None
     seed: int
+    decoder_width: int = 512
 
     def build(self, pretrained: str | None) -> CoSANet:
         """`CoSANet` with the encoder weights of `pretrained` (a file) or random ones."""
-        net = CoSANet(self.backbone, self.num_classes, aux_layer=self.aux_layer)
+        net = CoSANet(
+            self.backbone,
+            self.num_classes,
+            aux_layer=self.aux_layer,
+            decoder_width=self.decoder_width,
+        )
         if pretrained:
             load_vit_pretrained(net.encoder, pretrained)
         return net
@@ -213,11 +219,13 @@ class CoSA(Method):
     config_keys: ClassVar[Mapping[str, Any]] = {
         "cosa_backbone": "vit_base_patch16_224",
         "cosa_aux_layer": -3,
+        "cosa_decoder_width": 512,
         "cosa_train_list": "train_aug.txt",
         "cosa_eval_list": "val.txt",
         "cosa_cls_labels": None,
         "cosa_scales": (0.5, 2.0),
         "cosa_warmup_iters": _STEP.warmup_iters,
+        "cosa_lr_warmup_iters": LR_WARMUP_ITERS,
         "cosa_lrscale": _STEP.lrscale,
         "cosa_min_mult": _STEP.min_mult,
         "cosa_wt_dec_mult": 1.0,
@@ -245,12 +253,14 @@ class CoSA(Method):
         "cosa_backbone": "ViT encoder (official `backbone`): vit_base_patch16_224 | "
         "deit_tiny_patch16_224 | vit_toy_patch16 (tests); weights: --pretrained_model=FILE",
         "cosa_aux_layer": "block whose tokens feed the aux classifier (`aux_layer`; VOC -4, COCO -3)",
+        "cosa_decoder_width": "channels of the LargeFOV seg head (official 512; less: toy runs)",
         "cosa_train_list": "training list under dataset_path (official train_aug.txt; COCO train.txt)",
         "cosa_eval_list": "validation list under dataset_path (val.txt; COCO val_part.txt)",
         "cosa_cls_labels": "image-level labels: cls_labels_onehot.npy (under dataset_path), or "
         "None: derived from the masks",
         "cosa_scales": "random rescale range of the training transform (`scales`, (0.5, 2))",
         "cosa_warmup_iters": "loss warm-up (`warmup_iters`): only cls losses while iteration <= it",
+        "cosa_lr_warmup_iters": "LR warm-up iterations (official 1500, hard-coded in `main.py:67`)",
         "cosa_lrscale": "LR multiplier of the classifiers and the decoder (`lrscale`, 10)",
         "cosa_min_mult": "floor of the poly LR multiplier (`min_mult`, 0)",
         "cosa_wt_dec_mult": "weight-decay multiplier of the encoder norms (`wt_dec_mult`, 1); "
@@ -286,9 +296,11 @@ class CoSA(Method):
         eval_net: str = "student",
         weight_decay: float = 1e-2,
         wt_dec_mult: float = 1.0,
+        lr_warmup_iters: int = LR_WARMUP_ITERS,
     ) -> None:
         self.model_settings, self.step_settings = model, step
         self.weight_decay, self.wt_dec_mult = weight_decay, wt_dec_mult
+        self.lr_warmup_iters = lr_warmup_iters
         self.transform_settings, self.labels = transform, labels
         self.eval_choice = eval_net
         self.teacher: CoSANet | None = None
@@ -336,7 +348,9 @@ class CoSA(Method):
         _scales(C, "cosa_pseudo_scales", need_one=True)
         _scales(C, "cosa_eval_scales", need_one=True)
         _check_thresholds(C)
+        _integer(C, "cosa_decoder_width", 1)
         _integer(C, "cosa_warmup_iters", 0)
+        _integer(C, "cosa_lr_warmup_iters", 0)
         _integer(C, "cosa_par_downscale", 0)
         for key in ("cosa_lrscale", "cosa_seg_softmaxtemp"):
             if _number(C, key) <= 0:
@@ -400,6 +414,7 @@ class CoSA(Method):
             aux_layer=int(C.cosa_aux_layer),
             pretrained=C.get("pretrained_model"),
             seed=int(C.seed),
+            decoder_width=int(C.cosa_decoder_width),
         )
         transform = CosaTransformSettings(
             crop_size=int(C.image_height),
@@ -413,6 +428,7 @@ class CoSA(Method):
             eval_net=str(C.cosa_eval_net),
             weight_decay=float(C.weight_decay),
             wt_dec_mult=float(C.cosa_wt_dec_mult),
+            lr_warmup_iters=int(C.cosa_lr_warmup_iters),
         )
 
     # ------------------------------------------------------------------ training
@@ -442,7 +458,12 @@ class CoSA(Method):
         `max_iters = step.total_iters`; returns the encoder's."""
         s = self.step_settings
         lrs = cosa_lrs(
-            step.iteration, s.lr, step.total_iters, lrscale=s.lrscale, min_mult=s.min_mult
+            step.iteration,
+            s.lr,
+            step.total_iters,
+            lrscale=s.lrscale,
+            min_mult=s.min_mult,
+            warmup_iter=self.lr_warmup_iters,
         )
         for opt in optimizers:
             set_lrs(opt, lrs)

@@ -20,15 +20,17 @@ __all__ = ["CoSANet", "LargeFOV"]
 class LargeFOV(nn.Module):
     """conv6 3x3 dil 5 -> ReLU -> conv7 3x3 dil 5 -> ReLU -> conv8 1x1 (`conv_head.py`)."""
 
-    def __init__(self, in_planes: int, out_planes: int, dilation: int = 5) -> None:
+    def __init__(
+        self, in_planes: int, out_planes: int, dilation: int = 5, width: int = 512
+    ) -> None:
         super().__init__()
-        self.embed_dim = 512
+        self.embed_dim = width  # official 512; smaller only for toy networks
         self.dilation = dilation
-        self.conv6 = nn.Conv2d(in_planes, 512, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv6 = nn.Conv2d(in_planes, width, 3, padding=dilation, dilation=dilation, bias=False)
         self.relu6 = nn.ReLU(inplace=True)
-        self.conv7 = nn.Conv2d(512, 512, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv7 = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False)
         self.relu7 = nn.ReLU(inplace=True)
-        self.conv8 = nn.Conv2d(512, out_planes, 1, bias=False)
+        self.conv8 = nn.Conv2d(width, out_planes, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv8(self.relu7(self.conv7(self.relu6(self.conv6(x)))))
@@ -39,7 +41,8 @@ class CoSANet(nn.Module):
 
     `pretrained` is a path to timm's ImageNet weights for the encoder (see
     `vit.load_vit_pretrained`), or None/False for the random timm-style init (nothing is ever
-    downloaded). `num_classes` counts the background; the classifiers have `num_classes - 1`
+    downloaded). `decoder_width` is LargeFOV's channel count (official 512; smaller only for toy
+    networks). `num_classes` counts the background; the classifiers have `num_classes - 1`
     outputs. `isgap=False` (the official setting) pools with adaptive max pooling.
     """
 
@@ -51,6 +54,7 @@ class CoSANet(nn.Module):
         aux_layer: int = -3,
         isgap: bool = False,
         decoder: str = "LargeFOV",
+        decoder_width: int = 512,
     ) -> None:
         super().__init__()
         if decoder != "LargeFOV":
@@ -68,7 +72,7 @@ class CoSANet(nn.Module):
             load_vit_pretrained(self.encoder, pretrained)
         dim = self.encoder.embed_dim
         self.pooling = F.adaptive_avg_pool2d if isgap else F.adaptive_max_pool2d
-        self.decoder = LargeFOV(dim, num_classes)
+        self.decoder = LargeFOV(dim, num_classes, width=decoder_width)
         self.classifier = nn.Conv2d(dim, num_classes - 1, kernel_size=1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes - 1, kernel_size=1, bias=False)
 
