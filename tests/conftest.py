@@ -7,6 +7,7 @@ The golden folder is `$CPCL_GOLDEN_DIR` (a relative path is taken from the repos
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,20 @@ def golden_path() -> Path:
     """The golden fixture folder: `$CPCL_GOLDEN_DIR`, relative paths resolved against the repo."""
     path = Path(os.environ.get(GOLDEN_ENV) or GOLDEN_DEFAULT).expanduser()
     return path if path.is_absolute() else (REPO / path).resolve()
+
+
+@pytest.fixture(autouse=True)
+def _cpcl_logger_reset():
+    """Undo `cpcl.runlog.setup_logger` after each test: every training run makes the `cpcl`
+    logger stop propagating, which would hide later tests' warnings from `caplog` depending
+    on the test order (tests/methods/ runs before tests/test_checkpoint.py)."""
+    yield
+    logger = logging.getLogger("cpcl")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

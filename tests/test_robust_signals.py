@@ -35,7 +35,7 @@ def step(*args, **kwargs):
     marker.touch()  # training has started: the workers have delivered a batch
     return out
 
-engine.train_step = step
+engine.loop.train_step = step  # the name the loop calls
 sys.exit(engine.main(load_preset("voc"), sys.argv[2:]))
 """
 

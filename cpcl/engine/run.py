@@ -50,7 +50,7 @@ def _fit(
             resume, model, state.optimizers, rank=info.rank, scaler=state.scaler, config=C, log=log
         )
         state.method.load_state_dict(method_state)
-    # The run log names only the streams the method trains on (sup: no unlabeled count).
+    # The run log names only the streams the method trains on (a labeled-only method: no unlabeled count).
     counts = " / ".join(f"{len(src)} {name}" for name, src in sources.items())
     log.info(
         "training %s %s on %s x%d: %s images, batch %d, %d epochs x %d iterations",

@@ -60,13 +60,10 @@ def train_step(
     """Run one training iteration of `method` and update the model.
 
     Args:
-        model: the method's network in train mode (for sup/CPS/CPCL a two-branch
-            `cpcl.models.Network`).
-        optimizers: the method's optimisers (sup/CPS/CPCL: `(opt1, opt2)` from
-            `cpcl.optim.build_optimizers`).
+        model: the method's network (`method.build_model()`) in train mode.
+        optimizers: the method's optimisers (`method.build_optimizers(model)`).
         batch: tensors already on the model's device, with the keys of the method's data view
-            (sup: `img` (B,3,H,W), `gt` (B,H,W) int64; CPS/CPCL also `img_u0`, `img_u1`
-            (B,3,H,W) and `mask` (B,1,H,W), 1 = take from u1).
+            (at least `method.batch_keys`).
         lr: a learning rate written into every parameter group, or None when the caller has
             already set the rates (the loop calls `method.set_lr` just before).
         method: the `cpcl.methods.Method` object (e.g. `get_method("cpcl").from_config(C, ...)`).
@@ -76,8 +73,8 @@ def train_step(
         grad_sync: called once between backward and the optimiser steps (e.g. the DDP gradient
             all-reduce). With fp16 the gradients it sees are still scaled.
         step: epoch / iteration of this step (default: the first iteration).
-        aux: optional dict that receives diagnostic tensors of the method (for CPS/CPCL the
-            mixed image, the 8 logits, pseudo labels, class weights); for tests and debugging.
+        aux: optional dict that receives diagnostic tensors of the method (e.g. mixed
+            images, logits, pseudo labels); for tests and debugging.
 
     Returns detached 0-dim tensors without a host sync: `loss` and the method's named logs.
     """
@@ -90,9 +87,9 @@ def train_step(
         opt.zero_grad(set_to_none=True)
 
     # One autocast region for all forwards so each weight is cast to the low-precision dtype
-    # once per iteration (the cast cache lives until the outermost region exits). For
-    # CPS/CPCL the cache is first filled by the supervised forwards, in grad mode, so the
-    # casts that the no-grad teachers and then the students reuse still carry gradients.
+    # once per iteration (the cast cache lives until the outermost region exits). A method
+    # whose first forwards run in grad mode (the supervised ones) fills the cache with casts
+    # that carry gradients, which later no-grad teacher and student forwards reuse.
     with _autocast(amp, next(iter(batch.values())).device.type):
         loss, logs = method.forward_loss(model, batch, step, aux)
     if amp == "fp16":

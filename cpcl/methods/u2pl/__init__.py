@@ -70,6 +70,7 @@ from .schedule import (
     build_u2pl_optimizer,
     contra_alpha_t,
     drop_percent,
+    match_layout,
     set_poly_lr,
 )
 
@@ -418,6 +419,9 @@ class U2PL(Method):
         teacher.load_state_dict(student.state_dict())
         device = next(student.parameters()).device
         teacher.to(device)
+        # Same layout as the student (channels-last or not) from the start, as after the
+        # teacher-copy epoch: a resumed run then computes exactly as an uninterrupted one.
+        match_layout(teacher, student)
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher

@@ -64,6 +64,17 @@ def alias_teacher_params(teacher: nn.Module, student: nn.Module) -> None:
 
 
 @torch.no_grad()
+def match_layout(teacher: nn.Module, student: nn.Module) -> None:
+    """Give every teacher parameter the memory layout (strides) of its student twin, values
+    unchanged. The teacher-copy epoch hands the teacher the student's storage, so without
+    this a channels-last student gives an NCHW teacher before that epoch and a channels-last
+    one after it, and a teacher rebuilt on resume would run its convolutions in the other
+    layout (float32 sums in another order: ~1e-7 differences)."""
+    for t, s in _paired_parameters(teacher, student):
+        t.data = torch.empty_like(s.data).copy_(t.data)
+
+
+@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """`t.data = decay * t.data + (1 - decay) * s.data` (new tensors, parameters only)."""
     for t, s in _paired_parameters(teacher, student):
