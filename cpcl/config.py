@@ -405,6 +405,10 @@ def finalize(
     if C.snapshot_dir is None:
         C.snapshot_dir = os.path.join(C.log_dir, "snapshot")
     C.snapshot_dir = os.path.join(base, C.snapshot_dir)
+    # The method's own derived values (e.g. another training list) before the generic ones.
+    for key, value in _method_class(C.method).derived_defaults(C).items():
+        if C.get(key) is None:
+            C[key] = value
     train, unsup, val = default_split_paths(C)
     C.train_source = C.train_source or train
     C.unsup_source = C.unsup_source or unsup

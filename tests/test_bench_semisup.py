@@ -145,3 +145,17 @@ def test_a_run_writes_its_chart_and_result_line(bench, tmp_path, monkeypatch, ca
     printed = json.loads(next(ln for ln in capsys.readouterr().out.splitlines() if ln[:1] == "{"))
     assert saved == printed and plot.stat().st_size > 0
     assert [r["per_seed"] for r in saved["results"]] == [[20.0, 21.0], [30.0, 35.0]]
+
+
+def test_weak_summary_cosa_against_the_cam_baseline(bench):
+    """--weak: CoSA's row is judged per seed against the CAM baseline (>= WEAK_TARGET points on
+    every seed); the weak rows are shown next to sup but not judged against it."""
+    table = {"sup": [30.0, 31.0, 32.0], "cam": [20.0, 22.0, 21.0], "cosa": [26.0, 28.0, 27.0]}
+    rows = {r["method"]: r for r in bench.summarize(_results(table), list(table), [0, 1, 2])}
+    assert rows["cosa"]["gain_over_cam_per_seed"] == pytest.approx([6.0, 6.0, 6.0])
+    assert rows["cosa"]["target_met"] and "gain_over_sup" not in rows["cosa"]
+    assert "target_met" not in rows["cam"] and "gain_over_sup" not in rows["cam"]
+    table["cosa"][1] = 26.5  # one seed only 4.5 points above its CAM baseline
+    rows = bench.summarize(_results(table), list(table), [0, 1, 2])
+    assert bench.overall_target(rows) is False
+    assert "over the CAM baseline per seed: +6.00 +4.50 +6.00" in bench.format_table(rows)

@@ -68,6 +68,8 @@ class DataView:
 
     streams: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
+    # One line for the run log about what the view reads (e.g. where labels come from); "" none.
+    description: str = ""
 
     def sample(self, loaded: Sequence[Loaded], rng: RngFor) -> dict[str, np.ndarray]:
         """The arrays of one batch slot from the decoded images of `streams`."""

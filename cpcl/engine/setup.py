@@ -69,6 +69,8 @@ def build_run(
             f"method {method.name!r}: its data view reads streams {sorted(undeclared)} that "
             f"the method does not declare; expected a subset of streams={method.streams}"
         )
+    if view.description and info.is_main:
+        log.info("%s", view.description)
     loader = build_train_loader(
         C,
         view=view,

@@ -24,6 +24,7 @@ from .base import Method, OfficialEvaluator, StepInfo
 
 # C.method -> package under cpcl.methods (each exports METHOD, a Method subclass).
 REGISTRY: dict[str, str] = {
+    "cosa": "cosa",
     "cpcl": "cpcl",
     "cps": "cps",
     "sup": "sup",

@@ -25,6 +25,9 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
 * `streams`: the split lists the method trains on (default `("labeled", "unlabeled")`;
   `sup`: `("labeled",)`); a split it does not declare is neither required nor read.
+* `derived_defaults(C)`: values of derived keys (`train_source`, `num_unsup_imgs`, ...) the
+  method reads instead of the labeled-ratio ones; `cpcl.config.finalize` fills each key the
+  user left at None with them (e.g. CoSA trains on the whole `train_aug.txt`).
 * `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
 * `from_config(C, per_rank_batch=...)`: build the method object; read every value it needs
   from `C` here, once (the object then holds small settings, never `C`).
@@ -119,6 +122,12 @@ class Method:
     @classmethod
     def check_config(cls, C: Any) -> None:
         """Raise `cpcl.config.ConfigError` for values this method cannot run with."""
+
+    @classmethod
+    def derived_defaults(cls, C: Any) -> dict[str, Any]:
+        """Derived keys the method sets for config `C` (whose `dataset_path` is already
+        absolute), applied by `finalize` where the user left None (default: none)."""
+        return {}
 
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> Method:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
+from ...data.aug_rng import AugRng
 from ...errors import CpclError, DataError
 
 __all__ = [
@@ -49,22 +50,6 @@ __all__ = [
     "random_grayscale",
     "strong_view",
 ]
-
-
-@dataclass
-class AugRng:
-    """The three generators of the official augmentation (Python, numpy legacy, torch)."""
-
-    py: random.Random
-    np: np.random.RandomState
-    torch: torch.Generator
-
-    @classmethod
-    def seeded(cls, seed: int) -> AugRng:
-        """Generators in the state of `random.seed(s); np.random.seed(s); torch.manual_seed(s)`."""
-        return cls(
-            random.Random(seed), np.random.RandomState(seed), torch.Generator().manual_seed(seed)
-        )
 
 
 def _range(name: str, lo: float, hi: float) -> None:
