@@ -170,7 +170,8 @@ def build_config(spec: Spec) -> Any:
 
 def synthetic_batch(keys: tuple[str, ...], spec: Spec, num_classes: int) -> dict:
     """Synthetic tensors for the batch keys of a method (images N(0,1), labels with 10%
-    ignore pixels, a centred CutMix box), on the CPU."""
+    ignore pixels, a centred CutMix box; CoSA: weak/strong views, image-level labels with
+    one to three classes, the whole crop as the valid box), on the CPU."""
     g = torch.Generator().manual_seed(spec.seed)
     b, s = spec.batch, spec.crop
     q = s // 4
@@ -178,8 +179,17 @@ def synthetic_batch(keys: tuple[str, ...], spec: Spec, num_classes: int) -> dict
     box[:, q : 3 * q, q : 3 * q] = 1
     out = {}
     for key in keys:
-        if key.startswith("img"):
+        if key == "img_box":  # (y0, y1, x0, x1) of the valid (unpadded) area
+            out[key] = torch.tensor([[0, s, 0, s]] * b)
+        elif key.startswith("img") or key in ("wimg", "simg"):
             out[key] = torch.randn(b, 3, s, s, generator=g)
+        elif key == "cls_label":  # foreground classes present in each image
+            labels = torch.zeros(b, num_classes - 1)
+            for i in range(b):
+                labels[i, torch.randperm(num_classes - 1, generator=g)[: 1 + i % 3]] = 1
+            out[key] = labels
+        elif key == "img_box":  # (y0, y1, x0, x1) of the valid (unpadded) area
+            out[key] = torch.tensor([[0, s, 0, s]] * b)
         elif key == "gt":
             gt = torch.randint(0, num_classes, (b, s, s), generator=g)
             gt[torch.rand(b, s, s, generator=g) < 0.1] = 255
