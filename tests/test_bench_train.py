@@ -50,8 +50,12 @@ def test_synthetic_batch_covers_every_method(name):
     batch = bench_train.synthetic_batch(keys, spec, num_classes=21)
     assert set(batch) == set(keys)
     for key, value in batch.items():
-        if key.startswith("img"):
+        if key == "img_box":
+            assert value.tolist() == [[0, 32, 0, 32]] * 2
+        elif key.startswith("img") or key in ("wimg", "simg"):
             assert value.shape == (2, 3, 32, 32) and value.dtype == torch.float32
+        if key == "cls_label":
+            assert value.shape == (2, 20) and value.sum(1).tolist() == [1.0, 2.0]
         if key == "gt":
             assert value.dtype == torch.int64 and set(value.unique().tolist()) <= {*range(21), 255}
     with pytest.raises(ValueError, match="weird"):
