@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cpcl.methods.cosa.energy import energy_loss
+from cpcl.methods.cosa.evaluate import OFFICIAL_CRF_PARAMS as CRF
 from cpcl.methods.cosa.vit import build_vit
 from cpcl.ops.dense_crf import dense_crf
 from cpcl.ops.permutohedral import bilateral_filter
@@ -72,7 +73,7 @@ def check_energy(dev: torch.device) -> dict:
     box = torch.tensor([[0, 224, 0, 224], [10, 200, 20, 224]])
 
     def run(d: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        x = logit.to(d).requires_grad_(True)
+        x = logit.detach().to(d, copy=True).requires_grad_(True)  # a leaf on every device
         loss = energy_loss(img.to(d), x, label.to(d), box.to(d))
         loss.sum().backward()
         return loss.detach(), x.grad
@@ -91,12 +92,12 @@ def check_crf(dev: torch.device) -> dict:
     g = torch.Generator().manual_seed(2)
     img = (torch.rand(1, 3, 224, 224, generator=g) * 255).to(torch.uint8)
     probs = torch.softmax(3 * torch.randn(1, 21, 224, 224, generator=g), 1)
-    ref = dense_crf(img, probs)
-    out = dense_crf(img.to(dev), probs.to(dev))
+    ref = dense_crf(img, probs, CRF)
+    out = dense_crf(img.to(dev), probs.to(dev), CRF)
     return {
         "rel_diff": _rel(out, ref),
         "label_agreement": (out.cpu().argmax(1) == ref.argmax(1)).double().mean().item(),
-        "ms_cuda": _ms(lambda: dense_crf(img.to(dev), probs.to(dev)), dev),
+        "ms_cuda": _ms(lambda: dense_crf(img.to(dev), probs.to(dev), CRF), dev),
     }
 
 

@@ -1,6 +1,6 @@
 """Generic numeric operators without a method name (permutohedral-lattice filtering, dense CRF)."""
 
-from .dense_crf import COSA_EVAL_CRF, DenseCRFParams, dense_crf, unary_from_softmax
+from .dense_crf import DenseCRFParams, dense_crf, unary_from_softmax
 from .permutohedral import (
     PermutohedralLattice,
     bilateral_features,
@@ -11,7 +11,6 @@ from .permutohedral import (
 )
 
 __all__ = [
-    "COSA_EVAL_CRF",
     "DenseCRFParams",
     "PermutohedralLattice",
     "bilateral_features",

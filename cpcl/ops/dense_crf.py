@@ -27,7 +27,7 @@ from torch import Tensor
 from ..errors import CpclError
 from .permutohedral import PermutohedralLattice, bilateral_features, position_features
 
-__all__ = ["COSA_EVAL_CRF", "DenseCRFParams", "dense_crf", "unary_from_softmax"]
+__all__ = ["DenseCRFParams", "dense_crf", "unary_from_softmax"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,6 @@ class DenseCRFParams:
     bi_xy_std: float
     bi_rgb_std: float
     clip: float = 1e-5  # unary_from_softmax's default
-
-
-# CoSA's evaluation CRF, `crf_inference_infv2` (`utils/seg_helper.py:989-996`).
-COSA_EVAL_CRF = DenseCRFParams(
-    iterations=1, pos_w=1.0, pos_xy_std=1.0, bi_w=4.0, bi_xy_std=121.0, bi_rgb_std=5.0
-)
 
 
 def unary_from_softmax(probs: Tensor, clip: float = 1e-5) -> Tensor:
@@ -82,7 +76,7 @@ def _check(image: Tensor, probs: Tensor, params: DenseCRFParams) -> None:
         raise CpclError(f"dense CRF: iterations must be >= 0, got {params.iterations}")
 
 
-def dense_crf(image: Tensor, probs: Tensor, params: DenseCRFParams = COSA_EVAL_CRF) -> Tensor:
+def dense_crf(image: Tensor, probs: Tensor, params: DenseCRFParams) -> Tensor:
     """Mean-field marginals Q (B, C, H, W) float32 of the dense CRF.
 
     `image` (B, 3, H, W) uint8 RGB, `probs` (B, C, H, W) class probabilities (softmax output).

@@ -135,7 +135,7 @@ def crf_rows(path: str, size: int, classes: int, rounds: int, gen: torch.Generat
     sys.path.insert(0, str(Path(path).resolve()))
     dcrf = importlib.import_module("pydensecrf.densecrf")
     unary = importlib.import_module("pydensecrf.utils").unary_from_softmax
-    from cpcl.ops.dense_crf import COSA_EVAL_CRF as P
+    from cpcl.methods.cosa.evaluate import OFFICIAL_CRF_PARAMS as P
     from cpcl.ops.dense_crf import dense_crf
 
     def reference(img_hwc: np.ndarray, probs: np.ndarray) -> np.ndarray:

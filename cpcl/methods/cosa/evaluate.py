@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from ...errors import CpclError
 from ...evaluate.dataset import lut_normalise
 from ...metrics import confusion_matrix
+from ...ops.dense_crf import DenseCRFParams
 from ..base import OfficialEvaluator
 from .cam_masks import cam_threshold_mask, pseudo_pair
 from .image_labels import ImageLabels
@@ -82,14 +83,9 @@ __all__ = [
 
 OFFICIAL_EVAL_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
 OFFICIAL_BKG_THRE = 0.5
-OFFICIAL_CRF_PARAMS = {
-    "iter_max": 1,
-    "pos_xy_std": 1,
-    "pos_w": 1,
-    "bi_xy_std": 121,
-    "bi_rgb_std": 5,
-    "bi_w": 4,
-}
+OFFICIAL_CRF_PARAMS = DenseCRFParams(
+    iterations=1, pos_w=1.0, pos_xy_std=1.0, bi_w=4.0, bi_xy_std=121.0, bi_rgb_std=5.0
+)
 
 # (uint8 RGB image HxWx3, float32 class probabilities CxHxW) -> refined scores CxHxW.
 Crf = Callable[[np.ndarray, np.ndarray], np.ndarray]

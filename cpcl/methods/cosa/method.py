@@ -43,7 +43,7 @@ from ...errors import CheckpointError, ConfigError
 from ...ops.dense_crf import dense_crf
 from ..base import Method, OfficialEvaluator, StepInfo
 from .data import CosaView, load_image_labels
-from .evaluate import OFFICIAL_EVAL_SCALES, CosaSegNet, cosa_official_evaluator
+from .evaluate import OFFICIAL_CRF_PARAMS, OFFICIAL_EVAL_SCALES, CosaSegNet, cosa_official_evaluator
 from .image_labels import ImageLabels
 from .network import CoSANet
 from .optim import LR_WARMUP_ITERS, build_cosa_optimizer, cosa_lrs, ema_update, set_lrs
@@ -154,7 +154,9 @@ def _dense_crf(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
     the evaluator's `Crf`: uint8 (H,W,3) image and (C,H,W) probabilities -> (C,H,W) marginals,
     computed by `cpcl.ops.dense_crf` (pure PyTorch, pydensecrf's `DenseCRF2D` numbers)."""
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    q = dense_crf(img, torch.from_numpy(np.ascontiguousarray(probs, np.float32))[None])
+    q = dense_crf(
+        img, torch.from_numpy(np.ascontiguousarray(probs, np.float32))[None], OFFICIAL_CRF_PARAMS
+    )
     return q[0].numpy()
 
 

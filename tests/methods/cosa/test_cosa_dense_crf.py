@@ -8,7 +8,8 @@ import torch
 from conftest import max_rel_diff
 
 from cpcl.errors import CpclError
-from cpcl.ops.dense_crf import COSA_EVAL_CRF, DenseCRFParams, dense_crf, unary_from_softmax
+from cpcl.methods.cosa.evaluate import OFFICIAL_CRF_PARAMS as COSA_EVAL_CRF
+from cpcl.ops.dense_crf import DenseCRFParams, dense_crf, unary_from_softmax
 
 # `DenseCRF2D(5, 5, 3)` of pydensecrf2 1.1 (Krähenbühl's densecrf, x86-64 build) on `_case()`:
 # setUnaryEnergy(unary_from_softmax(p)), addPairwiseGaussian(pos_xy_std, pos_w),
@@ -107,9 +108,9 @@ def test_batch_images_are_independent():
 def test_dense_crf_bad_inputs():
     probs = torch.full((1, 2, 4, 5), 0.5)
     with pytest.raises(CpclError, match="uint8"):
-        dense_crf(torch.zeros(1, 3, 4, 5), probs)
+        dense_crf(torch.zeros(1, 3, 4, 5), probs, COSA_EVAL_CRF)
     with pytest.raises(CpclError, match="image must be"):
-        dense_crf(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), probs)
+        dense_crf(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), probs, COSA_EVAL_CRF)
 
 
 def test_dense_crf_matches_pydensecrf_random():
@@ -136,6 +137,6 @@ def test_dense_crf_cuda_matches_cpu():
     gen = torch.Generator().manual_seed(2)
     img = torch.randint(0, 256, (2, 3, 33, 47), generator=gen, dtype=torch.uint8)
     probs = torch.softmax(torch.randn(2, 21, 33, 47, generator=gen), dim=1)
-    cpu = dense_crf(img, probs)
-    gpu = dense_crf(img.cuda(), probs.cuda())
+    cpu = dense_crf(img, probs, COSA_EVAL_CRF)
+    gpu = dense_crf(img.cuda(), probs.cuda(), COSA_EVAL_CRF)
     assert gpu.is_cuda and max_rel_diff(gpu.cpu(), cpu) < 1e-5

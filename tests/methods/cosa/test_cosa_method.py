@@ -123,31 +123,18 @@ def test_eval_crf_is_the_official_dense_crf():
 
     from cpcl.methods.cosa.evaluate import OFFICIAL_CRF_PARAMS
     from cpcl.methods.cosa.method import _dense_crf
-    from cpcl.ops.dense_crf import COSA_EVAL_CRF, dense_crf
+    from cpcl.ops.dense_crf import DenseCRFParams, dense_crf
 
     C = apply_overrides(load_preset("voc"), ["--method=cosa", "--cosa_eval_crf=true"])
     assert C.cosa_eval_crf is True
-    p = OFFICIAL_CRF_PARAMS
-    assert (
-        p["iter_max"],
-        p["pos_xy_std"],
-        p["pos_w"],
-        p["bi_xy_std"],
-        p["bi_rgb_std"],
-        p["bi_w"],
-    ) == (
-        COSA_EVAL_CRF.iterations,
-        COSA_EVAL_CRF.pos_xy_std,
-        COSA_EVAL_CRF.pos_w,
-        COSA_EVAL_CRF.bi_xy_std,
-        COSA_EVAL_CRF.bi_rgb_std,
-        COSA_EVAL_CRF.bi_w,
-    )
+    # crf_inference_infv2 (`utils/seg_helper.py:989-996`): 1 iteration, Gaussian sxy 1
+    # compat 1, bilateral sxy 121 srgb 5 compat 4.
+    assert DenseCRFParams(1, 1.0, 1.0, 4.0, 121.0, 5.0) == OFFICIAL_CRF_PARAMS
     g = torch.Generator().manual_seed(0)
     image = (torch.rand(9, 11, 3, generator=g) * 255).to(torch.uint8)
     probs = torch.softmax(torch.randn(4, 9, 11, generator=g), 0)
     got = _dense_crf(image.numpy(), probs.numpy())
-    want = dense_crf(image.permute(2, 0, 1)[None], probs[None])[0]
+    want = dense_crf(image.permute(2, 0, 1)[None], probs[None], OFFICIAL_CRF_PARAMS)[0]
     assert isinstance(got, np.ndarray) and got.shape == (4, 9, 11)
     assert torch.equal(torch.from_numpy(got), want)
 
