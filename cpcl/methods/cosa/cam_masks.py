@@ -17,21 +17,14 @@ left out (their ground truth is set to 255); the rest as `evaluate.cosa_scores`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .pseudo import cam2mask
 
 __all__ = ["EVAL_BOX", "cam_threshold_mask", "pseudo_pair"]
 
 IGNORE_INDEX = 255
 EVAL_BOX = (0, -1, 0, -1)  # the box the official evaluation passes (`evaluation_engine.py:139`)
-
-
-def _half(x: Tensor, downscale: int) -> Tensor:
-    h, w = x.shape[-2:]
-    if not downscale:
-        return x
-    size = [h // downscale, w // downscale]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
@@ -43,28 +36,11 @@ def cam_threshold_mask(
     downscale: int = 2,
     box: tuple[int, int, int, int] = EVAL_BOX,
 ) -> Tensor:
-    """`cam2mask(images, [box], cams, cls_label, 1 - threshold, threshold)` without a refinement
-    network, for one image: `cams` (1,C-1,H,W) already multiplied by `cls_label` (1,C-1);
+    """`pseudo.cam2mask(images, [box], cams, cls_label, 1 - threshold, threshold)` (no refinement
+    network, the training pseudo labels' function), for one image: `cams` (1,C-1,H,W) already multiplied by `cls_label` (1,C-1);
     returns the (H,W) float mask (class ids, 255 uncertain / outside the box)."""
-    _, _, h, w = cams.shape
-    ones = torch.ones((1, 1, h, w), device=cams.device)
-    stacks = [torch.cat([ones * t, cams], dim=1) for t in (1 - threshold, threshold)]
-    with_bkg = torch.cat([torch.ones((1, 1), device=cls_label.device), cls_label], dim=1)
-    present = torch.nonzero(with_bkg[0, ...])[:, 0]
-    masks = []
-    for stack in stacks:
-        active = _half(stack, downscale)[0, present, ...].unsqueeze(0).softmax(dim=1)
-        label = F.interpolate(active, size=(h, w), mode="bilinear", align_corners=False)
-        label = present[label.argmax(dim=1)]
-        mask = ones.squeeze(1) * IGNORE_INDEX
-        y0, y1, x0, x1 = box
-        mask[0, y0:y1, x0:x1] = label[0, y0:y1, x0:x1].to(mask.dtype)
-        masks.append(mask)
-    high, low = masks
-    out = high.clone()
-    out[high == 0] = IGNORE_INDEX
-    out[(high + low) == 0] = 0
-    return out[0]
+    box_t = torch.tensor([box], device=cams.device)
+    return cam2mask(cams, box_t, cams, cls_label, 1 - threshold, threshold, downscale=downscale)[0]
 
 
 def pseudo_pair(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:

@@ -62,6 +62,7 @@ from ...ops.dense_crf import DenseCRFParams
 from ..base import OfficialEvaluator
 from .cam_masks import cam_threshold_mask, pseudo_pair
 from .image_labels import ImageLabels
+from .pseudo import minmax_normalise
 from .transforms import VAL_MEAN_255, VAL_STD_255, val_normalize_lut
 
 __all__ = [
@@ -145,11 +146,6 @@ def multi_scale_seg(
     return torch.sum(torch.stack(seg_list, dim=0), dim=0)
 
 
-def _minmax(cam: Tensor) -> Tensor:
-    cam = cam + F.adaptive_max_pool2d(-cam, (1, 1))
-    return cam / (F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5)
-
-
 @torch.no_grad()
 def multi_scale_camseg(
     model: Callable[..., Any], imgs: Tensor, scales: Sequence[float]
@@ -168,8 +164,8 @@ def multi_scale_camseg(
         # Official quirk: the list is reassigned, so only the last scale's aux CAM remains.
         cam_aux_list = [F.relu(torch.max(cam_aux[:b, ...], cam_aux[b:, ...].flip(-1)))]
         seg_list.append(_flip_sum(seg, b, (h, w)))
-    cam = _minmax(torch.sum(torch.stack(cam_list, dim=0), dim=0))
-    cam_aux = _minmax(torch.sum(torch.stack(cam_aux_list, dim=0), dim=0))
+    cam = minmax_normalise(torch.sum(torch.stack(cam_list, dim=0), dim=0))
+    cam_aux = minmax_normalise(torch.sum(torch.stack(cam_aux_list, dim=0), dim=0))
     return cam, cam_aux, torch.sum(torch.stack(seg_list, dim=0), dim=0)
 
 
