@@ -151,7 +151,7 @@ def _cpcl_city(method: str) -> list[tuple]:
             SAME,
             _EQ_PER_RANK,
         ),
-        ("backbone", "resnet50", "exp_city/network.py", "backbone"),
+        ("backbone", "resnet50", "exp_city/network.py:30", "backbone"),
         ("eval_crop_size", 800, "exp_city/config.py:121", "eval_crop_size"),
         ("eval_scale_array", (1,), "exp_city/config.py:119", "eval_scale_array"),
         ("seed", 12345, "exp_city/config.py:60", "seed"),
@@ -253,25 +253,29 @@ _U2T = "train_semi.py"
 
 
 def _u2pl_common(ds: str, cfg: str) -> list[tuple]:
+    # The Cityscapes yaml has one more line (sup_only_epoch) before the optimiser block.
+    def at(voc_line: int) -> str:
+        return f"{cfg}:{voc_line + (ds != 'voc')}"
+
     return [
-        ("lr_scheduler poly power", 0.9, f"{cfg}:39-40", "lr_power"),
-        ("momentum", 0.9, f"{cfg}:34-35", "momentum"),
+        ("lr_scheduler poly power", 0.9, at(39), "lr_power"),
+        ("momentum", 0.9, at(34), "momentum"),
         ("ema_decay", 0.99, f"{cfg}:{68 if ds == 'voc' else 71}", "u2pl_ema_decay"),
-        ("drop_percent", 80.0, f"{cfg}:{42 if ds == 'voc' else 43}", "u2pl_drop_percent"),
-        ("apply_aug", "cutmix", f"{cfg}:{43 if ds == 'voc' else 44}", "u2pl_apply_aug"),
-        ("contrastive low_rank / high_rank", 3, f"{cfg}", "u2pl_low_rank"),
-        ("contrastive high_rank", 20, f"{cfg}", "u2pl_high_rank"),
-        ("current_class_threshold", 0.3, f"{cfg}", "u2pl_current_class_threshold"),
+        ("drop_percent", 80.0, at(42), "u2pl_drop_percent"),
+        ("apply_aug", "cutmix", at(43), "u2pl_apply_aug"),
+        ("contrastive low_rank", 3, at(46), "u2pl_low_rank"),
+        ("contrastive high_rank", 20, at(47), "u2pl_high_rank"),
+        ("current_class_threshold", 0.3, at(48), "u2pl_current_class_threshold"),
         (
             "current_class_negative_threshold",
             1.0,
-            f"{cfg}",
+            at(49),
             "u2pl_current_class_negative_threshold",
         ),
-        ("low_entropy_threshold", 20.0, f"{cfg}", "u2pl_low_entropy_threshold"),
-        ("num_negatives", 50, f"{cfg}", "u2pl_num_negatives"),
-        ("num_queries", 256, f"{cfg}", "u2pl_num_queries"),
-        ("temperature", 0.5, f"{cfg}", "u2pl_temperature"),
+        ("low_entropy_threshold", 20.0, at(51), "u2pl_low_entropy_threshold"),
+        ("num_negatives", 50, at(52), "u2pl_num_negatives"),
+        ("num_queries", 256, at(53), "u2pl_num_queries"),
+        ("temperature", 0.5, at(54), "u2pl_temperature"),
         ("memory bank keys per class", 30000, f"{_U2T}:167", "u2pl_queue_size"),
         ("memory bank keys, class 0", 50000, f"{_U2T}:169", "u2pl_queue_size_class0"),
         ("unsupervised loss_weight (default)", 1.0, f"{_U2T}:387", "u2pl_unsup_weight"),
@@ -331,6 +335,7 @@ U2PL_ROWS = (
             ("num_classes", 21, f"{_U2V}:66", "num_classes"),
             ("labeled list (n_sup)", 1464, f"{_U2V}:5,20", "num_train_imgs", 1322, _U2PL_SPLIT),
             ("evaluation: whole image, scale 1", "whole", "eval.py", "u2pl_eval_mode"),
+            ("eval scales", (1.0,), "eval.py:34", "eval_scale_array"),
         ],
     )
     + _group(
@@ -397,6 +402,12 @@ def _unimatch(ds: str, cfg: str, v: dict[str, Any]) -> list[tuple]:
             "cpcl.methods.unimatch.losses:OFFICIAL_LOSS_WEIGHTS",
         ),
         ("resize ratio range", (0.5, 2.0), "dataset/semi.py:41", "unimatch_scale_range"),
+        (
+            "iterations per epoch: len(loader_u), drop_last, 1/8 split",
+            v["iters"],
+            f"{_UMT}:86-88,93",
+            "niters_per_epoch",
+        ),
         ("eval mode", v["eval"], f"{_UMT}:222", "unimatch_eval_mode"),
         ("ignore index", 255, f"{cfg}:15", "ignore_index"),
     ]
@@ -418,6 +429,7 @@ UNIMATCH_ROWS = (
                 "crit": "ce",
                 "conf": 0.95,
                 "conf_line": 16,
+                "iters": 1157,
                 "bb_line": 20,
                 "eval": "original",
             },
@@ -439,6 +451,7 @@ UNIMATCH_ROWS = (
                     "crit": "ohem",
                     "conf": 0.0,
                     "conf_line": 18,
+                    "iters": 325,
                     "bb_line": 21,
                     "eval": "sliding_window",
                 },
@@ -509,6 +522,12 @@ def _cosa(ds: str, args: str, v: dict[str, Any]) -> list[tuple]:
         ("aux_cam2seg", True, at(69), "cosa_aux_cam2seg"),
         ("aux_cam2seg_alpha", 0.5, at(71), "cosa_aux_cam2seg_alpha"),
         ("after_softmax", False, at(74), "cosa_after_softmax"),
+        (
+            "evaluation scales (official protocol)",
+            (1.0, 0.5, 1.5, 0.75, 1.25),
+            "evaluation_engine.py:85",
+            "cosa_eval_scales",
+        ),
         (
             "training list",
             v["train"],
