@@ -112,6 +112,9 @@ def test_prepare_voc_builds_a_layout_train_py_accepts(tmp_path: Path, source: st
         assert len(ds) == n
         img, lab, _ = ds.load(0)
         assert img.shape == (H, W, 3) and (lab is None) == (split == "unlabeled")
+    # CoSA trains on the whole train_aug.txt and validates on val.txt of the same folder.
+    C = finalize(apply_overrides(load_preset("voc"), ["--method=cosa", f"--dataset_path={dst}"]))
+    assert len(build_dataset(C, "labeled")) == len(TRAIN_AUG)
     assert prep.check_layout(dst)["train_aug.txt"] == len(TRAIN_AUG)
 
 
