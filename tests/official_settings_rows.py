@@ -599,7 +599,7 @@ COSA_ROWS = (
             "cosa",
             ds,
             "jx_vit_base_p16_224-80ecf9dd.pth",
-            "args.py:10 (`pretrained=True`: timm's `vit_base_patch16_224` download)",
+            "models/vit/vit.py:54 (the URL `pretrained=True`, args.py:10, downloads)",
         )
         for ds in ("voc", "coco")
     ]
