@@ -204,7 +204,10 @@ def _load_eval_net(C: Any, path: Path, device: torch.device | str) -> tuple[nn.M
             f"{cls.shape[0]})"
         )
     epoch = _stored_epoch(ckpt)
-    net = eval_net_from_checkpoint(C, ckpt, device)
+    notes: list[str] = []
+    net = eval_net_from_checkpoint(C, ckpt, device, notes)
+    for note in notes:  # the method's word on what is evaluated (e.g. a weights-only file)
+        print(f"note: {path}: {note}", file=sys.stderr)
     del ckpt, sd, cls  # before the folded copy is made: lower peak memory
     return fold_batchnorm(net), epoch
 
