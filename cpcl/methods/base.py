@@ -67,6 +67,9 @@ What a method provides (class attributes, then methods; see `Method` for signatu
 * `final_evaluation(model, ctx)` (optional): once after the last epoch of a run that was not
   interrupted (e.g. score the kept best checkpoint with a final protocol); a dict goes to
   ``summary["final_eval"]``; None (default): nothing.
+* `eval_variants(C)` (optional): the config variants one `eval.py` request expands to, each
+  evaluated and reported on its own (default `({},)`: one; e.g. CoSA's
+  ``cosa_eval_net=both`` -> student and teacher).
 * `load_eval_state(ckpt)` (optional): after the weights of checkpoint dict `ckpt` are in the
   model, restore what evaluation needs from it (default: `load_state_dict` of its
   `method_state`); may accept a weights-only file (e.g. an official best checkpoint) and
@@ -222,6 +225,12 @@ class Method:
     def final_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
         """Work once after the last epoch of an uninterrupted run (default: none, None)."""
         return None
+
+    @classmethod
+    def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:
+        """Config overrides, one per evaluation `eval.py` runs for config `C` (default: one
+        evaluation as configured)."""
+        return ({},)
 
     def load_eval_state(self, ckpt: Mapping[str, Any]) -> str | None:
         """Restore what evaluation needs from checkpoint dict `ckpt` (its weights are already

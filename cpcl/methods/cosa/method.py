@@ -352,6 +352,13 @@ class CoSA(Method):
         net = self.model_settings.build(None)
         return evaluate_best_seg(net, ctx, _eval_kwargs(ctx.C, crf=True))
 
+    @classmethod
+    def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:
+        """``cosa_eval_net=both``: the student, then the teacher; else one evaluation."""
+        if C.get("cosa_eval_net") == "both":
+            return ({"cosa_eval_net": "student"}, {"cosa_eval_net": "teacher"})
+        return ({},)
+
     def load_eval_state(self, ckpt: Mapping[str, Any]) -> str | None:
         """A training snapshot restores the teacher (`method_state`). A weights-only file (the
         official ``best_seg.pth`` / ``best_cam.pth``, ours, or a bare state dict) holds ONE
