@@ -67,6 +67,8 @@ What a method provides (class attributes, then methods; see `Method` for signatu
 * `final_evaluation(model, ctx)` (optional): once after the last epoch of a run that was not
   interrupted (e.g. score the kept best checkpoint with a final protocol); a dict goes to
   ``summary["final_eval"]``; None (default): nothing.
+* `backbone_name(C)` (optional): the network named in the run-log header (default
+  `C.backbone`; a method with its own encoder key names that, e.g. CoSA's ViT).
 * `eval_variants(C)` (optional): the config variants one `eval.py` request expands to, each
   evaluated and reported on its own (default `({},)`: one; e.g. CoSA's
   ``cosa_eval_net=both`` -> student and teacher).
@@ -225,6 +227,11 @@ class Method:
     def final_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
         """Work once after the last epoch of an uninterrupted run (default: none, None)."""
         return None
+
+    @classmethod
+    def backbone_name(cls, C: Any) -> str:
+        """The backbone named in the run-log header (default: `C.backbone`)."""
+        return str(C.backbone)
 
     @classmethod
     def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:

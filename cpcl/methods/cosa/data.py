@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ...data.datasets import COCO_CLASSES, COCO_TREE, SegDataset, missing_data_help
+from ...data.splits import parse_split
 from ...data.views import DataView, Loaded, RngFor
 from ...errors import DataError
 from .image_labels import ImageLabels, derive_table, write_cls_labels_npy
@@ -46,6 +47,7 @@ __all__ = [
     "CocoDataset",
     "CosaView",
     "build_cosa_dataset",
+    "list_ids",
     "load_image_labels",
     "write_toy_cls_labels",
 ]
@@ -112,6 +114,11 @@ def build_cosa_dataset(
             label_policy=label_policy,
         )
     raise DataError(f"CoSA dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+def list_ids(list_path: str | os.PathLike) -> list[str]:
+    """The image ids (stems) of a CoSA list file (bare ids, one per line; DataError if bad)."""
+    return [Path(img).stem for img, _ in parse_split(list_path, layout="coco").entries]
 
 
 def load_image_labels(

@@ -8,8 +8,9 @@ arguments (`args.py`, `run_voc.sh`, `args_coco.py`, `run_coco.sh`) onto config k
 the blocks into the `Method` interface:
 
 * one stream, "labeled": the images of `cosa_train_list` (official `train_aug.txt`) with their
-  image-level labels (`cosa_cls_labels`: the official `cls_labels_onehot.npy`, or None: derived
-  from the masks); no unlabeled split is required or read; validation on masks;
+  image-level labels (`cosa_cls_labels`: the official `cls_labels_onehot.npy`, found under the
+  dataset root by default, else derived from the masks); no unlabeled split is required or
+  read; validation on masks;
 * the official iteration count `max_iters` is `nepochs x niters_per_epoch` (VOC: 32 x 1000 =
   32000; COCO: 60 x 1000 = 60000); an "epoch" is only the snapshot / log / evaluation period
   (the official loader is endless: a new shuffle whenever the list is exhausted, which the
@@ -43,7 +44,7 @@ from ...errors import CheckpointError
 from ...ops.dense_crf import dense_crf
 from ..base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
 from .best import BestScores
-from .data import CosaView, load_image_labels
+from .data import CosaView, list_ids, load_image_labels
 from .evaluate import OFFICIAL_CRF_PARAMS, CosaSegNet, cosa_official_evaluator
 from .image_labels import ImageLabels
 from .network import CoSANet
@@ -58,13 +59,21 @@ __all__ = ["CoSA", "CosaEvalNet", "CosaModelSettings", "cls_labels_path"]
 
 # The teacher's random heads are drawn from C.seed + this (the student's from C.seed).
 TEACHER_SEED_OFFSET = 1
+# `cosa_cls_labels="auto"`: this file under the dataset root when it is there (official name).
+AUTO_LABELS, OFFICIAL_LABELS_FILE = "auto", "cls_labels_onehot.npy"
+FROM_MASKS = ("masks", "none")  # `cosa_cls_labels` values that derive the labels from masks
 
 
 def cls_labels_path(C: Any) -> str | None:
-    """`C.cosa_cls_labels` as an absolute path (relative: under `C.dataset_path`), or None."""
+    """`C.cosa_cls_labels` as an absolute path (relative: under `C.dataset_path`), or None
+    (derive from the masks: None, "masks" or "none"). "auto": the official file name under
+    `C.dataset_path` when it exists there, else None."""
     path = C.get("cosa_cls_labels")
-    if path is None:
+    if path is None or str(path).lower() in FROM_MASKS:
         return None
+    if path == AUTO_LABELS:
+        found = os.path.join(C.dataset_path, OFFICIAL_LABELS_FILE)
+        return found if os.path.isfile(found) else None
     return os.path.join(C.dataset_path, os.path.expanduser(str(path)))
 
 
@@ -74,9 +83,10 @@ def _image_labels(C: Any) -> ImageLabels:
 
 def _eval_kwargs(C: Any, *, crf: bool) -> dict[str, Any]:
     """The official protocol's settings for `evaluate.evaluate_cosa` (CRF: the final one)."""
+    labels = _image_labels(C)
     return {
         "num_classes": int(C.num_classes),
-        "image_labels": _image_labels(C) if C.get("cosa_cls_labels") else None,
+        "image_labels": labels if labels.table is not None else None,  # None: from the masks
         "crop_size": int(C.image_height),
         "scales": tuple(float(s) for s in C.cosa_eval_scales),
         "crf": _dense_crf if crf else None,
@@ -171,6 +181,7 @@ class CoSA(Method):
         self.eval_choice = eval_net
         self.teacher: CoSANet | None = None
         self.best = BestScores()  # best_seg / best_cam of the run (official -1 at the start)
+        self.label_lists: tuple[str, ...] = ()  # lists the npy must cover (`from_config`)
         self._pretrained_loaded: str | None = None
 
     # ------------------------------------------------------------------ config
@@ -227,7 +238,7 @@ class CoSA(Method):
             crop_size=int(C.image_height),
             scale_range=tuple(float(s) for s in C.cosa_scales),
         )
-        return cls(
+        method = cls(
             model=model,
             step=step,
             transform=transform,
@@ -237,11 +248,19 @@ class CoSA(Method):
             wt_dec_mult=float(C.cosa_wt_dec_mult),
             lr_warmup_iters=int(C.cosa_lr_warmup_iters),
         )
+        # The lists whose ids the npy must cover (checked when training starts: `data_view`).
+        val_lists = (os.path.join(C.dataset_path, C.cosa_train_eval_list), C.eval_source)
+        method.label_lists = tuple(dict.fromkeys(p for p in (C.train_source, *val_lists) if p))
+        return method
 
     # ------------------------------------------------------------------ training
 
     def data_view(self) -> CosaView:
-        """`wimg`, `simg`, `cls_label`, `img_box` of one training image (official transform)."""
+        """`wimg`, `simg`, `cls_label`, `img_box` of one training image (official transform).
+        With the official npy, first check that it covers every id of the training list and
+        of the evaluation lists (a named DataError at start-up, not mid-run)."""
+        for list_path in self.label_lists if self.labels.table is not None else ():
+            self.labels.check_ids(list_ids(list_path), list_path)
         return CosaView(self.labels, self.transform_settings)
 
     def build_model(self, *, pretrained: bool = True) -> nn.Module:
@@ -351,6 +370,11 @@ class CoSA(Method):
             return None
         net = self.model_settings.build(None)
         return evaluate_best_seg(net, ctx, _eval_kwargs(ctx.C, crf=True))
+
+    @classmethod
+    def backbone_name(cls, C: Any) -> str:
+        """The ViT encoder (`cosa_backbone`), not the ResNet `C.backbone` CoSA never builds."""
+        return str(C.cosa_backbone)
 
     @classmethod
     def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:

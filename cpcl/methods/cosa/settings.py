@@ -65,7 +65,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "cosa_eval_list": "val.txt",
     "cosa_train_eval_list": "val.txt",
     "cosa_final_eval": True,
-    "cosa_cls_labels": None,
+    "cosa_cls_labels": "auto",
     "cosa_scales": (0.5, 2.0),
     "cosa_warmup_iters": _STEP.warmup_iters,
     "cosa_lr_warmup_iters": LR_WARMUP_ITERS,
@@ -104,8 +104,9 @@ CONFIG_HELP: dict[str, str] = {
     "epochs: student and teacher, best_seg.pth / best_cam.pth; val.txt, COCO val_part.txt)",
     "cosa_final_eval": "after training, score best_seg.pth with the CRF on cosa_eval_list "
     "(official finalval)",
-    "cosa_cls_labels": "image-level labels: cls_labels_onehot.npy (under dataset_path), or "
-    "None: derived from the masks",
+    "cosa_cls_labels": "image-level labels: a cls_labels_onehot.npy (under dataset_path); auto "
+    "(default): <dataset_path>/cls_labels_onehot.npy when it exists, else derived from the "
+    "masks; masks: derived from the masks",
     "cosa_scales": "random rescale range of the training transform (`scales`, (0.5, 2))",
     "cosa_warmup_iters": "loss warm-up (`warmup_iters`): only cls losses while iteration <= it",
     "cosa_lr_warmup_iters": "LR warm-up iterations (official 1500, hard-coded in `main.py:67`)",
@@ -156,7 +157,7 @@ def check_cosa_config(C: Any) -> None:
     labels = C.get("cosa_cls_labels")
     if labels is not None and (not isinstance(labels, str) or not labels):
         raise ConfigError(
-            f"C.cosa_cls_labels = {labels!r}: expected a cls_labels_onehot.npy path or None"
+            f"C.cosa_cls_labels = {labels!r}: expected auto, masks or a cls_labels_onehot.npy path"
         )
     lo_hi = C.get("cosa_scales")
     _scales(C, "cosa_scales", need_one=False)

@@ -110,6 +110,7 @@ def test_train_resume_exactly_and_evaluate(toy_coco: Path, tmp_path: Path, monke
     assert engine.main(_exp_coco_config(), _args(toy_coco, tmp_path / "full")) == 0
     snap = tmp_path / "full" / "snapshot"
     log = "".join(p.read_text() for p in (tmp_path / "full").glob("*.log"))
+    assert "training cosa vit_toy_patch16 on cpu" in log  # the ViT, not C.backbone
     # Every epoch: student and teacher on val_part.txt (2 images); at the end best_seg.pth
     # with the CRF on the full val.txt (4 images), as a log line and a JSON line.
     assert len(re.findall(r"student on val_part.txt \(2 images", log)) == 2
