@@ -147,6 +147,9 @@ class CosaView(DataView):
 
     streams = ("labeled",)
     keys = ("wimg", "simg", "cls_label", "img_box")
+    # The official loader is endless (`main.py:106-112`): DistributedSampler passes, each a
+    # permutation of the list run to its end (drop_last), across the 1000-iteration epochs.
+    continuous_passes = True
 
     def __init__(
         self,

@@ -13,13 +13,19 @@ the blocks into the `Method` interface:
   read; validation on masks;
 * the official iteration count `max_iters` is `nepochs x niters_per_epoch` (VOC: 32 x 1000 =
   32000; COCO: 60 x 1000 = 60000); an "epoch" is only the snapshot / log / evaluation period
-  (the official loader is endless: a new shuffle whenever the list is exhausted, which the
-  project's per-epoch shuffled stream of the list reproduces);
+  (the official loader is endless: one permutation per pass over the list, run to its end and
+  reshuffled; `CosaView.continuous_passes` makes the project's loader do the same across the
+  epochs, exactly resumable);
 * the EMA teacher is a SEPARATE `CoSANet` (`main.py:45-46`): its encoder loads the same
   ImageNet file as the student's (so they are equal when one is given), its heads are drawn
   from `C.seed + 1` (deterministic; the official code draws them from the global stream right
-  after the student's); it is never switched to eval mode, and is saved as `method_state` so
-  a resume is exact;
+  after the student's, so the teacher's random heads differ from the official run's with the
+  same seed; a test pins ours); it is never switched to eval mode, and is saved as
+  `method_state` so a resume is exact;
+* evaluation (`train_eval`): every `eval_every` epochs student AND teacher with the official
+  protocol, ``best_seg.pth`` / ``best_cam.pth`` kept across both (`best`), and at the end
+  ``best_seg.pth`` scored with the CRF; `eval.py` uses the official protocol by default and
+  reads the official model-only ``best_seg.pth``;
 * the LR of iteration t is `PolyWarmupAdamW`'s with `global_step = t` (before its increment);
   the loss warm-up trains cls + cls_aux only while `t <= cosa_warmup_iters`.
 
