@@ -165,14 +165,14 @@ def evaluate_best_seg(
     Seg_vd and Seg_crf and a JSON line; None (with a warning) when no best_seg.pth exists."""
     C = ctx.C
     path = os.path.join(ctx.snapshot_dir, BEST_SEG)
+    if ctx.world_size > 1:
+        torch.distributed.barrier()  # rank 0 has written the file (every rank then sees it)
     if not os.path.isfile(path):
         ctx.log.warning(
             "final evaluation skipped: %s does not exist (no evaluation ran: C.eval_every = %s)",
             path, C.eval_every,
         )  # fmt: skip
         return None
-    if ctx.world_size > 1:
-        torch.distributed.barrier()  # rank 0 wrote the file
     ckpt = load_checkpoint(path)
     load_weights(net, ckpt)
     net.to(ctx.device)

@@ -7,20 +7,26 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import pathlib
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import TINY_TRAIN
 
+from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.data.datasets import build_dataset
 from cpcl.evaluate.cli import main as eval_main
 from cpcl.methods import TrainEvalContext
 from cpcl.methods.cosa import CoSA, train_eval
 from cpcl.methods.cosa.best import BestScores, pick_best, table_miou
+from cpcl.methods.cosa.evaluate import CosaSegNet
 from cpcl.methods.cosa.network import CoSANet
 
 TINY_COSA = (
@@ -186,3 +192,58 @@ def test_official_model_only_checkpoint_evaluates_as_the_student(toy_voc_small, 
     rc = eval_main(C, ["-e", str(path), "-d", "cpu", "--cosa_eval_net=teacher"], root=str(tmp_path))
     assert rc == 2
     assert "holds one network" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ two processes (gloo)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shard_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    cdist.init_distributed("cpu", timeout_s=120)
+    C = finalize(_config(Path(root), Path(out)), root=out)
+    torch.manual_seed(0)
+    net = CosaSegNet(CoSANet("vit_toy_patch16", 4, aux_layer=-1, decoder_width=8)).eval()
+    ctx = TrainEvalContext(
+        C=C, epoch=0, iteration=1, device=torch.device("cpu"), log=logging.getLogger("t"),
+        rank=rank, world_size=world, is_main=rank == 0,
+    )  # fmt: skip
+    res = train_eval.sharded_evaluate(
+        net, build_dataset(C, "val"), ctx, num_classes=4, crop_size=32, scales=(1.0,), cams=True
+    )
+    torch.save({k: res[k]["hist"] for k in ("seg_vd", "cam", "cam_aux")}, f"{out}/r{rank}.pt")
+    cdist.cleanup()
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process(toy_voc_small, tmp_path):
+    """Under DDP each rank scores every other image and the confusion matrices are summed:
+    the same numbers as one process scoring all of them."""
+    mp.spawn(_shard_worker, args=(2, _free_port(), str(toy_voc_small), str(tmp_path)), nprocs=2)
+    one = tmp_path / "one"
+    one.mkdir()
+    _shard_worker_single(toy_voc_small, one)
+    want = torch.load(one / "r0.pt")
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"r{rank}.pt")
+        for k, v in want.items():
+            assert torch.equal(got[k], v), (rank, k)
+
+
+def _shard_worker_single(root: Path, out: Path) -> None:
+    C = finalize(_config(root, out), root=str(out))
+    torch.manual_seed(0)
+    net = CosaSegNet(CoSANet("vit_toy_patch16", 4, aux_layer=-1, decoder_width=8)).eval()
+    res = train_eval.sharded_evaluate(
+        net, build_dataset(C, "val"), _ctx(C, 1000), num_classes=4, crop_size=32, scales=(1.0,),
+        cams=True,
+    )  # fmt: skip
+    torch.save({k: res[k]["hist"] for k in ("seg_vd", "cam", "cam_aux")}, out / "r0.pt")
