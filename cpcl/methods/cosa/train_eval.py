@@ -184,8 +184,9 @@ def evaluate_best_seg(
         "iteration": ckpt.get("iteration", ckpt.get("epoch")),
         "list": os.path.basename(C.eval_source),
         "num_images": len(dataset),
-        "Seg_vd": table_miou(res["seg_vd"]["iou"]),
-        "Seg_crf": table_miou(res["crf"]["iou"]) if "crf" in res else None,
+        # The official table's numbers (per-class % rounded to 2 decimals, averaged).
+        "Seg_vd": round(table_miou(res["seg_vd"]["iou"]), 4),
+        "Seg_crf": round(table_miou(res["crf"]["iou"]), 4) if "crf" in res else None,
     }
     ctx.log.info(
         "final evaluation of %s (%s, iteration %s) on %s (%d images): Seg_vd %.2f, Seg_crf %s",
