@@ -4,6 +4,9 @@ Reads official CPCL snapshots (`{'model', 'optimizer_1', 'optimizer_2', 'epoch',
 bare state dicts, `{'state_dict': ...}` files, and keys prefixed by `module.` (DDP) or
 `_orig_mod.` (torch.compile). Files are always read with `weights_only=True`: a checkpoint is
 data, and a file that would need arbitrary unpickling is refused before anything in it runs.
+Two plain-data classes are allowed besides tensors and containers: `argparse.Namespace` and
+`pathlib.PosixPath`, which official checkpoints store as their run arguments (e.g. CoSA's
+``best_seg.pth``: ``{'s_or_t', 'model', 'epoch', 'args', 'result'}``).
 
 Unlike the official `load_model(..., strict=False)`, a key or shape mismatch is an error that
 lists what is missing, unexpected and mis-shaped.
@@ -11,8 +14,10 @@ lists what is missing, unexpected and mis-shaped.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pathlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 _PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5  # keys listed per category in a mismatch message
 
+
+# Data-only classes official checkpoints pickle (their `args`); rebuilt without running code.
+_DATA_CLASSES = (argparse.Namespace, pathlib.PosixPath)
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # The 0x1950a86a20f9469cfc6c magic number that starts a legacy (pre-zip) torch.save pickle.
@@ -88,7 +96,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(_DATA_CLASSES)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
         wrong = _not_a_checkpoint(path)
         if wrong is not None:

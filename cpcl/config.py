@@ -43,7 +43,9 @@ from .errors import ConfigError
 from .methods import get_method, method_names
 from .presets.keys import KEY_HELP
 
-PRESETS = ("voc", "cityscapes")
+PRESETS = ("voc", "cityscapes", "coco")
+# Default dataset folder under <repository>/DATA per preset.
+_DATA_DIRS = {"voc": "pascal_voc", "cityscapes": "city", "coco": "coco"}
 
 # Types of keys whose preset default is None (so the type cannot be read off the default).
 _NONE_DEFAULT_TYPES: dict[str, type] = {
@@ -79,7 +81,7 @@ _NONE = {"none", "null"}
 
 
 def load_preset(name: str) -> EasyDict:
-    """Return a fresh copy of the official defaults for dataset `name` ("voc" or "cityscapes")."""
+    """Return a fresh copy of the official defaults for dataset `name` (one of `PRESETS`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
     module = importlib.import_module(f"cpcl.presets.{name}")
@@ -397,9 +399,7 @@ def finalize(
     base = os.path.abspath(root or os.getcwd())
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if C.dataset_path is None:
-        C.dataset_path = os.path.join(
-            repo, "DATA", "pascal_voc" if C.dataset_name == "voc" else "city"
-        )
+        C.dataset_path = os.path.join(repo, "DATA", _DATA_DIRS[C.dataset_name])
     C.dataset_path = os.path.join(base, C.dataset_path)
     C.log_dir = os.path.join(base, C.log_dir)
     if C.snapshot_dir is None:

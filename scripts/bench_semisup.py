@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 
@@ -127,11 +127,14 @@ def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: l
     return float(result["miou"])
 
 
-def run_one_weak(kind: str, seed: int, data: str, out: str, extra: list[str]) -> float:
+def run_one_weak(
+    kind: str, seed: int, data: str, out: str, extra: list[str]
+) -> tuple[float, dict[str, float]]:
     """Train CoSA ("cosa") or the CAM baseline ("cam") on the image-level labels and return
     the validation mIoU (fraction) of CoSA's own protocol on the student: the seg head's
     class-filtered prediction ("Seg_vd") for "cosa", the CAM masks ("cam": `cam_to_label`,
-    background where the best class score is <= 0.5) for "cam"."""
+    background where the best class score is <= 0.5) for "cam"; and every score of the same
+    evaluation in % (seg_vd, seg_ps, cam, cam_aux)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     baseline = CAM_BASELINE_OVERRIDES if kind == "cam" else ()
     C = apply_overrides(
@@ -159,13 +162,9 @@ def run_one_weak(kind: str, seed: int, data: str, out: str, extra: list[str]) ->
         device=device,
     )
     shutil.rmtree(summary["snapshot_dir"], ignore_errors=True)
-    print(
-        "weak scores: "
-        + json.dumps(
-            {k: round(100 * res[k]["miou"], 2) for k in ("seg_vd", "seg_ps", "cam", "cam_aux")}
-        )
-    )
-    return float(res["cam" if kind == "cam" else "seg_vd"]["miou"])
+    scores = {k: round(100 * res[k]["miou"], 2) for k in ("seg_vd", "seg_ps", "cam", "cam_aux")}
+    print("weak scores: " + json.dumps(scores))
+    return float(res["cam" if kind == "cam" else "seg_vd"]["miou"]), scores
 
 
 def _launch(
@@ -182,15 +181,14 @@ def _launch(
     return proc, log, out, time.perf_counter()
 
 
-def run_all(
-    args: argparse.Namespace, extra: list[str]
-) -> dict[tuple[str, int], tuple[float, float]]:
-    """Run every (method, seed) in up to `args.jobs` processes; {(method, seed): (mIoU, s)}."""
+def run_all(args: argparse.Namespace, extra: list[str]) -> dict[tuple[str, int], tuple]:
+    """Run every (method, seed) in up to `args.jobs` processes; {(method, seed): (mIoU, s,
+    weak scores in % or {})}."""
     threads = args.threads
     # Longest runs first so the parallel slots finish together.
     queue = sorted(((m, s) for s in args.seeds for m in args.methods), key=lambda j: j[0] == "sup")
     running: list[tuple[tuple[str, int], tuple[subprocess.Popen, IO[str], str, float]]] = []
-    results: dict[tuple[str, int], tuple[float, float]] = {}
+    results: dict[tuple[str, int], tuple] = {}
     with tempfile.TemporaryDirectory(prefix="cpcl_semisup_") as tmp:
         while queue or running:
             while queue and len(running) < args.jobs:
@@ -209,20 +207,50 @@ def run_all(
                     for _job, (p, *_rest) in running:
                         p.kill()
                     raise SystemExit(f"{job[0]} seed {job[1]} failed:\n{text[-3000:]}")
-                miou = json.loads(tagged[-1][len(RESULT_TAG) :])["miou"]
-                results[job] = (miou, time.perf_counter() - t0)
+                tag = json.loads(tagged[-1][len(RESULT_TAG) :])
+                miou = tag["miou"]
+                results[job] = (miou, time.perf_counter() - t0, tag.get("scores", {}))
                 scores = [ln for ln in text.splitlines() if ln.startswith("weak scores: ")]
                 more = f" ({scores[-1]})" if scores else ""  # every CoSA-protocol score
                 print(f"{job[0]} seed {job[1]}: mIoU {100 * miou:.2f}%{more}", flush=True)
     return results
 
 
+def _best_cam(results: dict[tuple[str, int], tuple], method: str, seeds: list[int]) -> list:
+    """Per seed, the better of the main and the aux CAM score (%) of `method`'s run (None
+    where the run reported no scores)."""
+    out = []
+    for s in seeds:
+        scores = results[(method, s)][2] if len(results[(method, s)]) > 2 else {}
+        have = [scores[k] for k in ("cam", "cam_aux") if k in scores]
+        out.append(max(have) if have else None)
+    return out
+
+
+def _weak_comparisons(results: dict, values: list[float], methods: list[str], seeds: list[int]):
+    """CoSA's Seg_vd per seed minus the best CAM (main or aux) of its own run and, when the
+    baseline ran, of the CAM baseline's run: informational (issue #29 item 7)."""
+    row: dict[str, Any] = {}
+    for key, method in (("own", "cosa"), ("baseline", "cam")):
+        if method not in methods:
+            continue
+        best = _best_cam(results, method, seeds)
+        if any(b is None for b in best):
+            continue
+        row[f"best_{key}_cam_per_seed"] = [round(b, 2) for b in best]
+        row[f"seg_minus_best_{key}_cam_per_seed"] = [
+            round(v - b, 2) for v, b in zip(values, best, strict=True)
+        ]
+    return row
+
+
 def summarize(
-    results: dict[tuple[str, int], tuple[float, float]], methods: list[str], seeds: list[int]
+    results: dict[tuple[str, int], tuple], methods: list[str], seeds: list[int]
 ) -> list[dict]:
     """One row per method: mIoU mean/std/per seed (%), and against `sup` (when it ran) the mean
     gain and the margin of the worst seed over the best `sup` seed; the target is a gain of at
-    least GAIN_TARGET points with every seed above every `sup` seed."""
+    least GAIN_TARGET points with every seed above every `sup` seed. CoSA's row also holds its
+    segmentation minus the best CAM (main or aux) of its own run and of the CAM baseline's."""
     per = {m: [100 * results[(m, s)][0] for s in seeds] for m in methods}
     sup = per.get("sup")
     rows = []
@@ -242,6 +270,8 @@ def summarize(
                 gain_over_cam_per_seed=[round(d, 2) for d in diffs],
                 target_met=min(diffs) >= WEAK_TARGET,
             )
+        if m == "cosa":
+            row.update(_weak_comparisons(results, values, methods, seeds))
         elif sup is not None and m not in WEAK_METHODS:
             gain = statistics.fmean(values) - statistics.fmean(sup)
             margin = min(values) - max(sup)
@@ -274,6 +304,12 @@ def format_table(rows: list[dict]) -> str:
                 + " ".join(f"{d:+.2f}" for d in r["gain_over_cam_per_seed"])
                 + f" (target: >= {WEAK_TARGET:g} on every seed)"
             )
+        for key, what in (("own", "its own run"), ("baseline", "the CAM baseline's run")):
+            if f"seg_minus_best_{key}_cam_per_seed" in r:
+                lines.append(
+                    f"{'':<9}minus the best CAM (main or aux) of {what}: "
+                    + " ".join(f"{d:+.2f}" for d in r[f"seg_minus_best_{key}_cam_per_seed"])
+                )
         gain = f"{r['gain_over_sup']:+6.2f}" if "gain_over_sup" in r else f"{'':>6}"
         margin = f"{r['margin_over_best_sup']:+8.2f}" if "gain_over_sup" in r else f"{'':>8}"
         target = ("met" if r["target_met"] else "MISSED") if "target_met" in r else ""
@@ -368,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--run-one"]:  # a worker process started by run_all
         method, seed, data, backbone, out, *extra = argv[1:]
+        scores: dict[str, float] = {}
         if method in ("cam", "cosa"):
-            miou = run_one_weak(method, int(seed), data, out, extra)
+            miou, scores = run_one_weak(method, int(seed), data, out, extra)
         else:
             miou = run_one(method, int(seed), data, backbone, out, extra)
-        print(RESULT_TAG + json.dumps({"miou": miou}), flush=True)
+        print(RESULT_TAG + json.dumps({"miou": miou, "scores": scores}), flush=True)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEMISUP_SEEDS))

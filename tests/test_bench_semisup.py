@@ -159,3 +159,24 @@ def test_weak_summary_cosa_against_the_cam_baseline(bench):
     rows = bench.summarize(_results(table), list(table), [0, 1, 2])
     assert bench.overall_target(rows) is False
     assert "over the CAM baseline per seed: +6.00 +4.50 +6.00" in bench.format_table(rows)
+
+
+def test_weak_summary_cosa_against_the_best_cam_of_each_run(bench):
+    """CoSA's Seg_vd against the better of the main and the aux CAM, of its own run and of the
+    CAM baseline's run (issue #29: the aux CAM may score as high as the segmentation)."""
+    table = {"cam": [20.0, 22.0], "cosa": [26.0, 28.0]}
+    results = _results(table)
+    for s, (cam, aux) in enumerate([(20.0, 27.0), (22.0, 21.0)]):
+        results[("cam", s)] = (*results[("cam", s)], {"cam": cam, "cam_aux": aux})
+    for s, (cam, aux) in enumerate([(24.0, 25.5), (30.0, 12.0)]):
+        results[("cosa", s)] = (*results[("cosa", s)], {"seg_vd": 0.0, "cam": cam, "cam_aux": aux})
+    row = {r["method"]: r for r in bench.summarize(results, list(table), [0, 1])}["cosa"]
+    assert row["best_own_cam_per_seed"] == [25.5, 30.0]
+    assert row["seg_minus_best_own_cam_per_seed"] == [0.5, -2.0]
+    assert row["best_baseline_cam_per_seed"] == [27.0, 22.0]
+    assert row["seg_minus_best_baseline_cam_per_seed"] == [-1.0, 6.0]
+    text = bench.format_table(list(bench.summarize(results, list(table), [0, 1])))
+    assert "minus the best CAM (main or aux) of its own run: +0.50 -2.00" in text
+    assert "minus the best CAM (main or aux) of the CAM baseline's run: -1.00 +6.00" in text
+    # Runs without scores (older results): no such comparison.
+    assert "best_own_cam_per_seed" not in bench.summarize(_results(table), list(table), [0, 1])[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cpcl.config import finalize, load_preset
-from cpcl.data.loaders import StretchSampler, build_train_loader
+from cpcl.data.loaders import StretchSampler, _IterationSampler, build_train_loader
 from cpcl.errors import CpclError, DataError
 from cpcl.methods import get_method
 
@@ -226,3 +226,29 @@ def test_unfinalized_config_is_rejected():
         build_train_loader(
             C, view=None, labeled=FakeDataset(2, True), unlabeled=FakeDataset(2, False)
         )
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_continuous_passes_run_each_permutation_to_its_end(world_size):
+    # An endless official loader (`DataView.continuous_passes`, CoSA): 23 items, 2 per rank
+    # and iteration, 4-iteration epochs: each pass is one permutation cut to whole batches
+    # (drop_last), continued across epochs, and a resume from any (epoch, iteration) goes on
+    # with exactly the same items.
+    n, batch, niters = 23, 2, 4
+    for rank in range(world_size):
+        sampler = StretchSampler(n, n, seed=3, rank=rank, world_size=world_size)
+        per_pass = len(sampler) // batch * batch
+        run = _IterationSampler([sampler], batch, niters, continuous_passes=True)
+        seen = []
+        for epoch in range(6):
+            run.epoch, run.start_iter = epoch, 0
+            seen += [item.indices[0] for its in run for item in its]
+        want = np.concatenate(
+            [sampler.shard(p)[:per_pass] for p in range(len(seen) // per_pass + 1)]
+        )
+        assert seen == want[: len(seen)].tolist()
+        assert len(set(seen[:per_pass])) == per_pass  # a pass holds no repeat
+        run.epoch, run.start_iter = 3, 1
+        resumed = [item.indices[0] for its in run for item in its]
+        start = (3 * niters + 1) * batch
+        assert resumed == seen[start : start + len(resumed)]

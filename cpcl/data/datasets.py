@@ -1,13 +1,15 @@
 """Datasets: class names and colours, image/label reading with clear errors, `SegDataset`.
 
 Images are returned as HxWx3 uint8 RGB (the official loaders read BGR with OpenCV and flip
-to RGB). Labels are HxW uint8 class indices with 255 = ignore. Labels are read with PIL so
+to RGB; COCO, CoSA's layout, is decoded as CoSA's loader does it: PIL ``.convert('RGB')``,
+no EXIF rotation). Labels are HxW uint8 class indices with 255 = ignore. Labels are read with PIL so
 that palette ("P" mode) PNGs give their raw indices; the official `cv2.IMREAD_GRAYSCALE` read
 would turn a palette PNG into luminance values, i.e. wrong classes.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +45,20 @@ CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
     (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
 
+# CoSA's COCO-2014 classes (`dataloaders/coco.py:14`; '_background_' called 'background').
+COCO_CLASSES: tuple[str, ...] = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
 # Cityscapes labelIds of the 19 evaluated classes, in trainId order (cityscapesScripts labels.py).
 CITYSCAPES_EVAL_IDS: tuple[int, ...] = (
     7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
@@ -66,6 +82,15 @@ DATA/city/                       (C.dataset_path; CPS city.zip layout)
     ├── train.txt, val.txt        '/images/...png<TAB>/segmentation/..._gtFine.png'
     └── subset_train/train_aug_{labeled,unlabeled}_1-{2,4,8,16}.txt
 (build it from the official Cityscapes download with scripts/prepare_cityscapes.py)"""
+
+
+COCO_TREE = """\
+DATA/coco/                       (C.dataset_path; CoSA's COCO-2014 layout)
+├── train2014/<id>.jpg           82,783 images (RGB; grey JPEGs are expanded)
+├── val2014/<id>.jpg             40,504 images
+├── SegmentationClass/{train2014,val2014}/<id>.png   class-index PNGs (0-80, 255 = ignore)
+└── train.txt, val.txt, val_part.txt   CoSA's lists (dataloaders/coco/): one id
+                                 (COCO_train2014_000000000009) per line"""
 
 
 def cityscapes_id_lut() -> np.ndarray:
@@ -95,12 +120,15 @@ def _norm_name(dataset_name: str) -> str:
         return "voc"
     if key in ("cityscapes", "city"):
         return "cityscapes"
-    raise DataError(f"dataset_name={dataset_name!r}: expected 'voc' or 'cityscapes'")
+    if key == "coco":
+        return "coco"
+    raise DataError(f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes' or 'coco'")
 
 
 def palette_for(dataset_name: str) -> np.ndarray:
-    """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black."""
-    if _norm_name(dataset_name) == "voc":
+    """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black;
+    COCO uses the PASCAL colour map too (81 distinct colours; CoSA defines none)."""
+    if _norm_name(dataset_name) in ("voc", "coco"):
         return voc_palette()
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(CITYSCAPES_COLORS)] = np.array(CITYSCAPES_COLORS, dtype=np.uint8)
@@ -109,7 +137,9 @@ def palette_for(dataset_name: str) -> np.ndarray:
 
 def class_names(dataset_name: str) -> tuple[str, ...]:
     """The class names of `dataset_name` in class-index order (official furnace names)."""
-    return VOC_CLASSES if _norm_name(dataset_name) == "voc" else CITYSCAPES_CLASSES
+    return {"voc": VOC_CLASSES, "coco": COCO_CLASSES}.get(
+        _norm_name(dataset_name), CITYSCAPES_CLASSES
+    )
 
 
 def resolve_class_names(
@@ -150,7 +180,7 @@ def expected_tree(dataset_name: str | None) -> str:
     """Human-readable folder tree expected under the dataset root (for error messages)."""
     if dataset_name is None:
         return VOC_TREE + "\n\nor\n\n" + CITYSCAPES_TREE
-    return VOC_TREE if _norm_name(dataset_name) == "voc" else CITYSCAPES_TREE
+    return {"voc": VOC_TREE, "coco": COCO_TREE}.get(_norm_name(dataset_name), CITYSCAPES_TREE)
 
 
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xda", b"\xff\xd9"
@@ -179,11 +209,14 @@ def truncation(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, decoder: str = "cv2") -> np.ndarray:
     """Read an image as an HxWx3 uint8 RGB array.
 
-    A missing, unreadable, empty, truncated (`truncation`) or undecodable file is a DataError
-    naming it; `SegDataset.load` adds the split-list line.
+    decoder: "cv2" (`cv2.imdecode`, as the official VOC / Cityscapes loaders; applies the EXIF
+    orientation) or "pil" (`PIL.Image.open(...).convert('RGB')`, as CoSA's COCO loader: no EXIF
+    rotation, grey and CMYK JPEGs converted by PIL). A missing, unreadable, empty, truncated
+    (`truncation`) or undecodable file is a DataError naming it; `SegDataset.load` adds the
+    split-list line.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -199,6 +232,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"cannot use image {path} ({len(data)} bytes): {problem}; an interrupted copy or "
             "download? Copy or re-extract the file"
         )
+    if decoder == "pil":
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(f"cannot decode image {path}: {err}") from err
     # Same decoder (and EXIF orientation handling) as cv2.imread, on the bytes already read.
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
@@ -309,6 +348,7 @@ class SegDataset:
         self.with_labels = with_labels
         self.label_policy = label_policy
         self.id_map = id_map
+        self.decoder = "pil" if layout == "coco" else "cv2"  # CoSA's COCO loader: PIL
         if label_policy not in LABEL_POLICIES:
             raise DataError(
                 f"label_policy={label_policy!r}: expected one of {', '.join(LABEL_POLICIES)}"
@@ -377,7 +417,7 @@ class SegDataset:
         """Return (image HxWx3 uint8 RGB, label HxW uint8 or None, name) of entry `i`."""
         img_path, lab_path = self.entries[i]
         try:
-            img = read_image(img_path)
+            img = read_image(img_path, self.decoder)
             label = None
             if lab_path is not None:
                 label = read_label(
@@ -415,5 +455,6 @@ def build_dataset(C, split: str) -> SegDataset:
         num_classes=C.num_classes,
         with_labels=split != "unlabeled",
         label_policy=C.get("label_policy", "error"),
+        layout="coco" if C.get("dataset_name") == "coco" else "auto",
         dataset_name=C.get("dataset_name"),
     )

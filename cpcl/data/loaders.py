@@ -147,6 +147,22 @@ def _endless(sampler: StretchSampler, epoch: int, skip: int) -> Iterator[int]:
         cycle += 1
 
 
+def _passes(sampler: StretchSampler, batch: int, start: int) -> Iterator[int]:
+    """The rank's items from position `start` of an endless run of passes: pass p is the
+    rank's shard of permutation p (`sampler.shard(p)`) cut to whole batches (drop_last)."""
+    per_pass = len(sampler) // batch * batch
+    if per_pass == 0:
+        raise CpclError(
+            f"a pass of {len(sampler)} items per rank holds no whole batch of {batch}: "
+            "expected at least one"
+        )
+    p, skip = divmod(start, per_pass)
+    while True:
+        yield from sampler.shard(p)[skip:per_pass].tolist()
+        skip = 0
+        p += 1
+
+
 @dataclass(frozen=True)
 class _Item:
     """One worker job: the stream indices of batch slot `slot` of iteration `it`."""
@@ -160,9 +176,16 @@ class _Item:
 class _IterationSampler(Sampler[list]):
     """Yields, per iteration, the list of `batch` items, one index from each stream."""
 
-    def __init__(self, streams: Sequence[StretchSampler], batch: int, niters: int) -> None:
+    def __init__(
+        self,
+        streams: Sequence[StretchSampler],
+        batch: int,
+        niters: int,
+        continuous_passes: bool = False,
+    ) -> None:
         self.streams = list(streams)
         self.batch, self.niters = batch, niters
+        self.continuous = continuous_passes  # `DataView.continuous_passes`
         self.epoch, self.start_iter = 0, 0
 
     def __len__(self) -> int:
@@ -170,7 +193,10 @@ class _IterationSampler(Sampler[list]):
 
     def __iter__(self) -> Iterator[list]:
         e, b = self.epoch, self.batch
-        its = [_endless(s, e, self.start_iter * b) for s in self.streams]
+        if self.continuous:  # the global position: every earlier epoch's items were drawn
+            its = [_passes(s, b, (e * self.niters + self.start_iter) * b) for s in self.streams]
+        else:
+            its = [_endless(s, e, self.start_iter * b) for s in self.streams]
         for it in range(self.start_iter, self.niters):
             yield [_Item(e, it, k, tuple(next(i) for i in its)) for k in range(b)]
 
@@ -453,7 +479,9 @@ def build_train_loader(
         raise CpclError(f"C.num_workers = {num_workers}: expected >= 0")
     return TrainLoader(
         _ViewDataset([sources[name] for name in view.streams], view, seed=seed, rank=rank),
-        _IterationSampler(streams, batch, int(C.niters_per_epoch)),
+        _IterationSampler(
+            streams, batch, int(C.niters_per_epoch), bool(getattr(view, "continuous_passes", False))
+        ),
         _TrainCollate(view, seed=seed, rank=rank),
         num_workers=num_workers,
         seed=seed,

@@ -12,6 +12,10 @@ newline are fine):
 * ``u2pl-city``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` (U2PL Cityscapes); the label
   is ``gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png``.
 * ``pairs``: ``<image> <mask>`` separated by spaces (UniMatch); the mask ``None`` means no label.
+* ``coco``: a bare COCO-2014 id (``COCO_train2014_000000000009``) with ``layout="coco"`` (CoSA's
+  `dataloaders/coco.py:31-36`): ``<folder>/<id>.jpg`` and ``SegmentationClass/<folder>/<id>.png``
+  where the folder is ``val2014`` for a list whose name starts with ``val`` (``val.txt``,
+  ``val_part.txt``) and ``<list name>2014`` otherwise (``train.txt`` -> ``train2014``).
 
 All returned paths are relative to the dataset root (a leading ``/`` is stripped, as the official
 loaders concatenate the root and the list path).
@@ -31,7 +35,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..fileio import atomic_write_text
 
-LAYOUTS = ("auto", "cps", "u2pl")
+LAYOUTS = ("auto", "cps", "u2pl", "coco")
 WRITE_FORMATS = ("cps-voc", "cps-city", "unimatch")
 
 # A bare VOC-style id: no path separator, no extension.
@@ -76,6 +80,12 @@ def _pascal_zip_folder(list_path: str) -> str:
     return "train_aug"
 
 
+def _coco_folder(list_path: str) -> str:
+    # `coco.py:31-36`: val* lists read val2014, any other list <name>2014.
+    stem = Path(list_path).stem
+    return "val2014" if stem[:3] == "val" else f"{stem}2014"
+
+
 def _strip_root(p: str) -> str:
     return p.lstrip("/")
 
@@ -99,6 +109,12 @@ def _parse_line(text: str, path: str, lineno: int, layout: str) -> tuple[str, En
                 label = f"gtFine/{m['split']}/{m['city']}/{m['stem']}_gtFine_labelTrainIds.png"
                 return "u2pl-city", (_strip_root(token), label)
             if _BARE_ID.match(token):
+                if layout == "coco":
+                    folder = _coco_folder(path)
+                    return "coco", (
+                        f"{folder}/{token}.jpg",
+                        f"SegmentationClass/{folder}/{token}.png",
+                    )
                 if layout == "u2pl":
                     return "u2pl-voc", (
                         f"JPEGImages/{token}.jpg",
@@ -118,8 +134,8 @@ def parse_split(
 ) -> SplitList:
     """Parse a list file into a `SplitList` (entries with their line numbers and the format).
 
-    layout: "cps", "u2pl" or "auto" (decide from the folders under `root`, default "cps");
-    it only matters for bare VOC ids. Duplicate entries are kept once, with one warning.
+    layout: "cps", "u2pl", "coco" or "auto" (decide from the VOC folders under `root`,
+    default "cps"); it only matters for bare ids. Duplicate entries are kept once, with one warning.
     """
     path = os.fspath(path)
     if layout not in LAYOUTS:

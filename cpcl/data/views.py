@@ -70,6 +70,11 @@ class DataView:
     keys: tuple[str, ...] = ()
     # One line for the run log about what the view reads (e.g. where labels come from); "" none.
     description: str = ""
+    # False (official CPS epochs): every epoch is a fresh stretched permutation of each stream.
+    # True (an endless official loader, e.g. CoSA's DistributedSampler + `next(iter)`): one
+    # permutation per pass over the list, continued across epochs; a rank's incomplete last
+    # batch of a pass is dropped (drop_last), then the next pass starts.
+    continuous_passes: bool = False
 
     def sample(self, loaded: Sequence[Loaded], rng: RngFor) -> dict[str, np.ndarray]:
         """The arrays of one batch slot from the decoded images of `streams`."""

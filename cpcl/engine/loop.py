@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..dist import DistInfo, StopFlag
-from ..methods import Method, StepInfo
+from ..methods import Method, StepInfo, TrainEvalContext
 from ..runlog import Scalars
 from ..snapshots import rng_state
 from .meter import Meter, format_means
@@ -162,8 +162,12 @@ def run_epochs(
         if info.is_main:
             summary["last_snapshot"] = save_epoch(C, log, model, state, epoch, rng)
         if C.eval_every and (epoch + 1) % C.eval_every == 0:
-            net = state.method.eval_net(model)
-            summary["last_eval"] = evaluate_during_training(net, C, info, state, epoch, log)
+            ctx = _eval_context(C, info, log, state, epoch)
+            result = state.method.train_evaluation(model, ctx)
+            if result is None:  # the engine's: eval_net with the project's evaluator
+                net = state.method.eval_net(model)
+                result = evaluate_during_training(net, C, info, state, epoch, log)
+            summary["last_eval"] = result
         if epoch + 1 < C.nepochs and state.stop.should_stop():
             # The request came during the epoch's last iteration: stop at the boundary.
             where = f"end of {epoch_label(epoch, C.nepochs)}"
@@ -171,4 +175,26 @@ def run_epochs(
                 save_interrupted(C, log, model, state, (epoch, epoch + 1, 0), rng, where)
             summary["interrupted"] = True
             break
+    if not summary["interrupted"] and start_epoch < C.nepochs:
+        final = state.method.final_evaluation(model, _eval_context(C, info, log, state, epoch))
+        if final is not None:
+            summary["final_eval"] = final
     return summary
+
+
+def _eval_context(
+    C: Any, info: DistInfo, log: logging.Logger, state: TrainState, epoch: int
+) -> TrainEvalContext:
+    """The `TrainEvalContext` after epoch `epoch` (a method's own evaluation hooks)."""
+    return TrainEvalContext(
+        C=C,
+        epoch=epoch,
+        iteration=(epoch + 1) * int(C.niters_per_epoch),
+        device=info.device,
+        log=log,
+        rank=info.rank,
+        world_size=info.world_size,
+        is_main=info.is_main,
+        scalars=state.scalars,
+        snapshot_dir=C.snapshot_dir,
+    )

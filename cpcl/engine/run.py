@@ -55,7 +55,7 @@ def _fit(
     log.info(
         "training %s %s on %s x%d: %s images, batch %d, %d epochs x %d iterations",
         C.method,
-        C.backbone,
+        state.method.backbone_name(C),
         info.device,
         info.world_size,
         counts,

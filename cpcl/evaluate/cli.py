@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from ..checkpoint import extract_state_dict, load_checkpoint
 from ..config import ConfigError, _parse_args, apply_overrides, finalize, to_plain, validate
 from ..data.datasets import CITYSCAPES_EVAL_IDS, build_dataset, palette_for, resolve_class_names
 from ..errors import CheckpointError, CpclError
-from ..methods import eval_net_from_checkpoint, select_evaluator
+from ..methods import eval_net_from_checkpoint, get_method, select_evaluator
 from ..metrics import format_iou_table, scores
 from .dataset import Exports, evaluate_dataset
 from .fold import fold_batchnorm
@@ -39,7 +40,8 @@ def resolve_checkpoints(
 ) -> list[tuple[Path, int | None]]:
     """The checkpoints an official ``-e`` spec names, as (path, epoch or None), sorted by epoch.
 
-    ``X.pth``: that file. ``N`` or ``last``: ``<snapshot_dir>/epoch-N.pth``. ``A-B``: every
+    ``X.pth``: that file (a bare name not found here: ``<snapshot_dir>/X.pth``, e.g.
+    ``best_seg.pth``). ``N`` or ``last``: ``<snapshot_dir>/epoch-N.pth``. ``A-B``: every
     ``epoch-K.pth`` with A <= K <= B; ``A-``: every one with K >= A (``epoch-last.pth`` is never
     part of a range, as in the official code). Raises CpclError naming what was looked for
     when the folder or file is missing or nothing matches (the official code would silently
@@ -49,6 +51,8 @@ def resolve_checkpoints(
     snap = Path(snapshot_dir)
     if spec.endswith(".pth"):
         path = Path(spec)
+        if not path.is_file() and path.name == spec and (snap / spec).is_file():
+            path = snap / spec
         if not path.is_file():
             raise CpclError(f"-e {spec}: checkpoint file not found: {path.resolve()}")
         m = _EPOCH_FILE.match(path.name)
@@ -204,7 +208,10 @@ def _load_eval_net(C: Any, path: Path, device: torch.device | str) -> tuple[nn.M
             f"{cls.shape[0]})"
         )
     epoch = _stored_epoch(ckpt)
-    net = eval_net_from_checkpoint(C, ckpt, device)
+    notes: list[str] = []
+    net = eval_net_from_checkpoint(C, ckpt, device, notes)
+    for note in notes:  # the method's word on what is evaluated (e.g. a weights-only file)
+        print(f"note: {path}: {note}", file=sys.stderr)
     del ckpt, sd, cls  # before the folded copy is made: lower peak memory
     return fold_batchnorm(net), epoch
 
@@ -352,6 +359,10 @@ def _evaluate_checkpoint(
     return res, epoch
 
 
+def _variant_label(variant: dict[str, Any]) -> str:
+    return "".join(f", {k}={v}" for k, v in variant.items())
+
+
 def _json_number(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -437,6 +448,8 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
             "process; pass one device (or --eval_protocol=cpcl to shard over several)"
         )
     dataset = build_dataset(C, "val")
+    # One evaluation per variant the method asks for (e.g. each of two networks).
+    variants = get_method(C.method).eval_variants(C)
     names = resolve_class_names(C.dataset_name, C.num_classes, C.class_names)
     if args.verbose:
         print(
@@ -454,13 +467,14 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
     last_file = os.path.join(C.log_dir, "val_last.log")
     writer = None
     try:
-        for path, epoch in checkpoints:
+        for (path, epoch), variant in itertools.product(checkpoints, variants):
             start = time.perf_counter()
-            res, stored_epoch = _evaluate_checkpoint(C, dataset, path, devices, args)
+            Cv = EasyDict({**C, **variant})
+            res, stored_epoch = _evaluate_checkpoint(Cv, dataset, path, devices, args)
             if epoch is None:
                 epoch = stored_epoch
             table = format_iou_table(res["iou"], res["pixel_acc"], names, show_no_back=True)
-            table = f"protocol: {res['protocol']}\n{table}"
+            table = f"protocol: {res['protocol']}{_variant_label(variant)}\n{table}"
             print(table)
             with open(log_file, "a") as f:
                 f.write(f"Model: {path}\n{table}\n")
@@ -469,6 +483,7 @@ def _run(C: Any, argv: Sequence[str], root: str | None, prog: str | None) -> int
                 "checkpoint": str(path),
                 "epoch": epoch,
                 "protocol": res["protocol"],
+                **({"variant": variant} if variant else {}),
                 "mIoU": _json_number(res["miou"]),
                 "pixel_acc": _json_number(res["pixel_acc"]),
                 "per_class": {

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoint import load_weights
 from ..errors import CpclError
-from .base import Method, OfficialEvaluator, StepInfo
+from .base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
 
 # C.method -> package under cpcl.methods (each exports METHOD, a Method subclass).
 REGISTRY: dict[str, str] = {
@@ -37,6 +37,7 @@ __all__ = [
     "Method",
     "OfficialEvaluator",
     "StepInfo",
+    "TrainEvalContext",
     "eval_net_from_checkpoint",
     "get_method",
     "method_names",
@@ -83,19 +84,25 @@ def _with_own_protocol() -> list[str]:
 
 
 def eval_net_from_checkpoint(
-    C: Any, ckpt: Mapping[str, Any], device: torch.device | str = "cpu"
+    C: Any,
+    ckpt: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    notes: list[str] | None = None,
 ) -> nn.Module:
     """The network `C.method` evaluates, with the weights of checkpoint dict `ckpt`.
 
     `C` must be finalized. Builds the model without ImageNet weights, loads `ckpt["model"]`
     (official snapshots included), moves it to `device`, runs `setup`, restores
-    `method_state` (e.g. an EMA teacher) and returns `eval_net(model)` in eval mode: a plain
-    module `x (B,3,H,W) -> logits (B,C,H,W)` at the input size.
+    `method_state` (e.g. an EMA teacher; `Method.load_eval_state`) and returns
+    `eval_net(model)` in eval mode: a plain module `x (B,3,H,W) -> logits (B,C,H,W)` at the
+    input size. The method's note on what is evaluated (if any) is appended to `notes`.
     """
     method = get_method(C.method).from_config(C, per_rank_batch=1)
     model = method.build_model(pretrained=False)
     load_weights(model, ckpt)
     model.to(device)
     method.setup(model)
-    method.load_state_dict(ckpt.get("method_state") or {})
+    note = method.load_eval_state(ckpt)
+    if note and notes is not None:
+        notes.append(note)
     return method.eval_net(model).eval()

@@ -58,12 +58,32 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   `cpcl.evaluate.cli.evaluate_snapshot` run on `eval_net`; None (default): the method's official
   protocol is the project's evaluator (CPCL's sliding windows).
 
+* `train_evaluation(model, ctx)` (optional): the evaluation during training, called by the
+  loop every `C.eval_every` epochs (after the epoch's snapshot) with a `TrainEvalContext`. A
+  method whose official code evaluates several networks (student and EMA teacher, model and
+  EMA model) with its own protocol and keeps the best checkpoint does it here, on every rank
+  (the context says which); return a dict for the run summary (``summary["last_eval"]``), or
+  None (default): the engine's evaluation (`eval_net` with the project's evaluator).
+* `final_evaluation(model, ctx)` (optional): once after the last epoch of a run that was not
+  interrupted (e.g. score the kept best checkpoint with a final protocol); a dict goes to
+  ``summary["final_eval"]``; None (default): nothing.
+* `backbone_name(C)` (optional): the network named in the run-log header (default
+  `C.backbone`; a method with its own encoder key names that, e.g. CoSA's ViT).
+* `eval_variants(C)` (optional): the config variants one `eval.py` request expands to, each
+  evaluated and reported on its own (default `({},)`: one; e.g. CoSA's
+  ``cosa_eval_net=both`` -> student and teacher).
+* `load_eval_state(ckpt)` (optional): after the weights of checkpoint dict `ckpt` are in the
+  model, restore what evaluation needs from it (default: `load_state_dict` of its
+  `method_state`); may accept a weights-only file (e.g. an official best checkpoint) and
+  return a note for the log saying what is evaluated.
+
 The evaluator needs only `cpcl.methods.eval_net_from_checkpoint(C, ckpt, device)`: build the
-model, load the weights, `setup`, load `method_state`, return `eval_net(model)` in eval mode.
+model, load the weights, `setup`, `load_eval_state`, return `eval_net(model)` in eval mode.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -102,6 +122,28 @@ class OfficialEvaluator:
 
     label: str
     evaluate: Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TrainEvalContext:
+    """What the loop gives `Method.train_evaluation` / `final_evaluation`.
+
+    `C`: the finalized config; `epoch`: the epoch just finished (0-based); `iteration`: the
+    iterations done so far (global, as the official "n_iter + 1"); `device`, `rank`,
+    `world_size`, `is_main`: this process; `log`: the run log; `scalars`: the run's
+    `cpcl.runlog.Scalars` (TensorBoard) or None; `snapshot_dir`: where checkpoints go.
+    """
+
+    C: Any
+    epoch: int
+    iteration: int
+    device: torch.device
+    log: logging.Logger
+    rank: int = 0
+    world_size: int = 1
+    is_main: bool = True
+    scalars: Any = None
+    snapshot_dir: str = ""
 
 
 class Method:
@@ -175,6 +217,32 @@ class Method:
     def official_evaluator(cls, C: Any) -> OfficialEvaluator | None:
         """The method's own official evaluation protocol for finalized config `C`, or None
         when that protocol is the project's evaluator (default)."""
+        return None
+
+    def train_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
+        """The evaluation during training (every `C.eval_every` epochs), or None (default): the
+        engine evaluates `eval_net` with the project's evaluator."""
+        return None
+
+    def final_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
+        """Work once after the last epoch of an uninterrupted run (default: none, None)."""
+        return None
+
+    @classmethod
+    def backbone_name(cls, C: Any) -> str:
+        """The backbone named in the run-log header (default: `C.backbone`)."""
+        return str(C.backbone)
+
+    @classmethod
+    def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:
+        """Config overrides, one per evaluation `eval.py` runs for config `C` (default: one
+        evaluation as configured)."""
+        return ({},)
+
+    def load_eval_state(self, ckpt: Mapping[str, Any]) -> str | None:
+        """Restore what evaluation needs from checkpoint dict `ckpt` (its weights are already
+        in the model): by default its `method_state`. Returns a note for the log, or None."""
+        self.load_state_dict(ckpt.get("method_state") or {})
         return None
 
     def state_dict(self) -> dict[str, Any]:

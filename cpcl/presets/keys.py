@@ -7,7 +7,7 @@ fall behind the presets.
 
 KEY_HELP: dict[str, str] = {
     # --- paths ---
-    "dataset_path": "dataset root (default: DATA/pascal_voc or DATA/city of the repository)",
+    "dataset_path": "dataset root (default: DATA/pascal_voc, DATA/city or DATA/coco of the repository)",
     "train_source": "labeled split list (default: from dataset_path and labeled_ratio)",
     "unsup_source": "unlabeled split list (default: from dataset_path and labeled_ratio)",
     "eval_source": "validation split list (default: <dataset_path>/val.txt)",
@@ -21,7 +21,7 @@ KEY_HELP: dict[str, str] = {
     "backbone": "ResNet depth of the DeepLabv3+ encoder",
     "method": "training method (cpcl official; cps, sup baselines; see cpcl/methods)",
     "device": "auto (GPU 0 when available), cpu or cuda",
-    "dataset_name": "dataset of the preset: voc or cityscapes (layout, class names, colours)",
+    "dataset_name": "dataset of the preset: voc, cityscapes or coco (layout, class names, colours)",
     "num_classes": "number of classes, background included",
     "background": "class index of the background (official key; informational)",
     "ignore_index": "label value excluded from losses and metrics",

@@ -118,6 +118,9 @@ WEAK_OVERRIDES = (
     "--num_workers=1",
     "--display_iter=25",
     "--snapshot_iter=4",
+    # The bench scores epoch-last.pth itself: no training-time evaluation, no best_seg.pth.
+    "--eval_every=0",
+    "--cosa_final_eval=false",
 )
 # The CAM baseline: the same run with the seg, CAM and energy losses off (classification only,
 # no co-training); its student's CAMs become masks as the official CAM score does.

@@ -28,10 +28,12 @@ Determinism: every image is drawn from its own `numpy.random.Generator` seeded b
 the same arguments give byte-identical files.
 
 Modules: `common` (class tables, difficulty, drawing primitives), `voc` and `cityscapes` (a
-scene generator and a dataset writer each), `files` (split lists, encoding, metadata).
+scene generator and a dataset writer each), `coco` (a COCO-layout mini dataset of VOC-toy
+scenes, CoSA's folders and lists), `files` (split lists, encoding, metadata).
 """
 
 from .cityscapes import make_toy_cityscapes
+from .coco import make_toy_coco
 from .common import (
     CITY_TOY_CLASSES,
     DIFFICULTY,
@@ -57,6 +59,7 @@ __all__ = [
     "VOC_TOY_OBJECTS",
     "is_complete",
     "make_toy_cityscapes",
+    "make_toy_coco",
     "make_toy_voc",
     "voc_colormap",
     "voc_toy_scene",

@@ -16,8 +16,9 @@ with the official lists ``train.txt`` (82,081 ids), ``val.txt`` (40,137) and ``v
 (4,999, the validation during training; ``--valfull`` uses ``val.txt``), one id such as
 ``COCO_train2014_000000000009`` per line; a list whose name starts with ``val`` reads the
 ``val2014`` folders, any other the folders named after the list (``train`` -> ``train2014``).
-The official repository ships no COCO ``cls_labels_onehot.npy``: derive the vectors from the
-masks (`ImageLabels.from_masks`) or give a file.
+The official repository lists a COCO ``cls_labels_onehot.npy`` (`dataloaders/coco/`; it is
+not in the snapshot read here): give it with ``--cosa_cls_labels``, else the vectors are
+derived from the masks (`ImageLabels.from_masks`).
 
 `CosaView` is the `DataView` of training: one stream of images with image-level labels (no
 unlabeled set), keys ``wimg``, ``simg``, ``cls_label``, ``img_box`` (`main.py:114-121`).
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ...data.datasets import SegDataset, missing_data_help
+from ...data.datasets import COCO_CLASSES, COCO_TREE, SegDataset, missing_data_help
 from ...data.splits import parse_split
 from ...data.views import DataView, Loaded, RngFor
 from ...errors import DataError
@@ -46,46 +47,18 @@ __all__ = [
     "CocoDataset",
     "CosaView",
     "build_cosa_dataset",
+    "list_ids",
     "load_image_labels",
     "write_toy_cls_labels",
 ]
 
 DATASETS = ("voc", "coco")
 
-# `coco.py:14` (its '_background_' is called 'background' here, as in VOC_CLASSES).
-COCO_CLASSES: tuple[str, ...] = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
-    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
-    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
-    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
-    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
-
-COCO_TREE = """\
-<coco root>/                               (CoSA's COCO-2014 layout)
-├── train2014/<id>.jpg                     82,783 images
-├── val2014/<id>.jpg                       40,504 images
-└── SegmentationClass/{train2014,val2014}/<id>.png   class-index PNGs (0-80)
-lists: train.txt, val.txt, val_part.txt    one id (COCO_train2014_000000000009) per line"""
-
-
-def _coco_folder(list_path: str) -> str:
-    """`coco.py:34-36`: a list named val* reads val2014, any other <name>2014."""
-    stem = Path(list_path).stem
-    return "val2014" if stem[:3] == "val" else f"{stem}2014"
-
 
 class CocoDataset(SegDataset):
-    """Images (and labels) of one COCO-2014 list in CoSA's layout (module docstring).
-
-    A `SegDataset` (same ``len()``, ``load(i) -> (uint8 RGB, label or None, id)``, `.names`,
-    errors) whose entries follow the COCO folders; the files are checked on construction.
-    """
+    """Images (and labels) of one COCO-2014 list in CoSA's layout (module docstring): a
+    `SegDataset` with ``layout="coco"`` (the folders follow the list name, images decoded with
+    PIL as `coco.py:46` does); the files are checked on construction."""
 
     def __init__(
         self,
@@ -96,39 +69,17 @@ class CocoDataset(SegDataset):
         with_labels: bool = True,
         label_policy: str = "error",
     ) -> None:
-        # SegDataset.__init__ would read the ids as VOC ids; only its loading is reused.
-        self.root, self.list_path = os.fspath(root), os.fspath(list_path)
-        self.num_classes, self.with_labels = num_classes, with_labels
-        self.label_policy, self.id_map = label_policy, None
-        if not os.path.isdir(self.root):
-            raise DataError(f"COCO root not found: {self.root}\nexpected:\n{COCO_TREE}")
-        split = parse_split(self.list_path, layout="u2pl")  # bare ids: only the stems are used
-        if split.format != "u2pl-voc":
-            raise DataError(
-                f"{self.list_path}: entries in format {split.format}; expected one COCO image "
-                "id (COCO_train2014_000000000009) per line"
-            )
-        self.format, self.lines = "coco", split.lines
-        self.names = [Path(img).stem for img, _ in split.entries]
-        folder = _coco_folder(self.list_path)
-        labels = os.path.join(self.root, "SegmentationClass", folder)
-        self.entries = [
-            (
-                os.path.join(self.root, folder, f"{n}.jpg"),
-                os.path.join(labels, f"{n}.png") if with_labels else None,
-            )
-            for n in self.names
-        ]
-        for col, kind in ((0, "image"), (1, "label")):
-            missing = [
-                i for i, e in enumerate(self.entries) if e[col] and not os.path.isfile(e[col])
-            ]
-            if missing:
-                i = missing[0]
-                raise DataError(
-                    f"{kind} not found: {self.entries[i][col]} ({self._where(i)}; "
-                    f"{len(missing)} of {len(self)} {kind}s missing)\nexpected:\n{COCO_TREE}"
-                )
+        if not os.path.isdir(root):
+            raise DataError(f"COCO root not found: {os.fspath(root)}\nexpected:\n{COCO_TREE}")
+        super().__init__(
+            root,
+            list_path,
+            num_classes=num_classes,
+            with_labels=with_labels,
+            label_policy=label_policy,
+            layout="coco",
+            dataset_name="coco",
+        )
 
 
 def build_cosa_dataset(
@@ -165,6 +116,11 @@ def build_cosa_dataset(
     raise DataError(f"CoSA dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
 
 
+def list_ids(list_path: str | os.PathLike) -> list[str]:
+    """The image ids (stems) of a CoSA list file (bare ids, one per line; DataError if bad)."""
+    return [Path(img).stem for img, _ in parse_split(list_path, layout="coco").entries]
+
+
 def load_image_labels(
     npy_path: str | os.PathLike | None,
     num_classes: int,
@@ -191,6 +147,9 @@ class CosaView(DataView):
 
     streams = ("labeled",)
     keys = ("wimg", "simg", "cls_label", "img_box")
+    # The official loader is endless (`main.py:106-112`): DistributedSampler passes, each a
+    # permutation of the list run to its end (drop_last), across the 1000-iteration epochs.
+    continuous_passes = True
 
     def __init__(
         self,

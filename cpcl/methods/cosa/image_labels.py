@@ -38,6 +38,7 @@ from ...fileio import atomic_write_bytes
 __all__ = [
     "ImageLabels",
     "class_vector",
+    "compare_with_masks",
     "derive_table",
     "read_cls_labels_npy",
     "write_cls_labels_npy",
@@ -237,14 +238,17 @@ class ImageLabels:
         )
 
     def check_ids(self, names: Iterable[str], list_path: str = "the training list") -> None:
-        """DataError naming the first id of `names` the table lacks (nothing to check for masks)."""
+        """DataError naming the ids of `names` the table lacks (the first 5, their count, the
+        file and the list); nothing to check for labels derived from masks."""
         if self.table is None:
             return
         missing = [n for n in names if n not in self.table]
         if missing:
+            shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise DataError(
-                f"image-level labels {self.source} have no entry for {missing[0]!r} "
-                f"({len(missing)} ids of {list_path} missing); expected one vector per image"
+                f"image-level labels {self.source} have no entry for {len(missing)} ids of "
+                f"{list_path}: {shown}; expected one vector per listed image (give the file "
+                "that covers the list, or --cosa_cls_labels=masks to derive them from the masks)"
             )
 
     def vector(self, name: str, mask: np.ndarray | None = None) -> np.ndarray:
@@ -265,6 +269,28 @@ class ImageLabels:
             return class_vector(mask, self.num_classes)
         except DataError as err:
             raise DataError(f"image {name!r}: {err}") from err
+
+
+def compare_with_masks(
+    labels: ImageLabels, samples: Iterable[tuple[str, np.ndarray]]
+) -> dict[str, Any]:
+    """Check the npy table of `labels` against the vectors derived from masks, for the
+    (name, mask) `samples` it covers: {"compared", "disagree" (ids), "not_in_table" (count),
+    "all_ignore" (ids of masks without a valid pixel: their derived vector is empty, as the
+    official `_to_onehot` gives)}."""
+    if labels.table is None:
+        raise DataError("compare_with_masks: the labels are derived from masks; give an npy")
+    out: dict[str, Any] = {"compared": 0, "disagree": [], "not_in_table": 0, "all_ignore": []}
+    for name, mask in samples:
+        if not np.any(mask != IGNORE_INDEX):
+            out["all_ignore"].append(name)
+        if name not in labels.table:
+            out["not_in_table"] += 1
+            continue
+        out["compared"] += 1
+        if not np.array_equal(labels.table[name], class_vector(mask, labels.num_classes)):
+            out["disagree"].append(name)
+    return out
 
 
 def derive_table(

@@ -8,17 +8,24 @@ arguments (`args.py`, `run_voc.sh`, `args_coco.py`, `run_coco.sh`) onto config k
 the blocks into the `Method` interface:
 
 * one stream, "labeled": the images of `cosa_train_list` (official `train_aug.txt`) with their
-  image-level labels (`cosa_cls_labels`: the official `cls_labels_onehot.npy`, or None: derived
-  from the masks); no unlabeled split is required or read; validation on masks;
+  image-level labels (`cosa_cls_labels`: the official `cls_labels_onehot.npy`, found under the
+  dataset root by default, else derived from the masks); no unlabeled split is required or
+  read; validation on masks;
 * the official iteration count `max_iters` is `nepochs x niters_per_epoch` (VOC: 32 x 1000 =
   32000; COCO: 60 x 1000 = 60000); an "epoch" is only the snapshot / log / evaluation period
-  (the official loader is endless: a new shuffle whenever the list is exhausted, which the
-  project's per-epoch shuffled stream of the list reproduces);
+  (the official loader is endless: one permutation per pass over the list, run to its end and
+  reshuffled; `CosaView.continuous_passes` makes the project's loader do the same across the
+  epochs, exactly resumable);
 * the EMA teacher is a SEPARATE `CoSANet` (`main.py:45-46`): its encoder loads the same
   ImageNet file as the student's (so they are equal when one is given), its heads are drawn
   from `C.seed + 1` (deterministic; the official code draws them from the global stream right
-  after the student's); it is never switched to eval mode, and is saved as `method_state` so
-  a resume is exact;
+  after the student's, so the teacher's random heads differ from the official run's with the
+  same seed; a test pins ours); it is never switched to eval mode, and is saved as
+  `method_state` so a resume is exact;
+* evaluation (`train_eval`): every `eval_every` epochs student AND teacher with the official
+  protocol, ``best_seg.pth`` / ``best_cam.pth`` kept across both (`best`), and at the end
+  ``best_seg.pth`` scored with the CRF; `eval.py` uses the official protocol by default and
+  reads the official model-only ``best_seg.pth``;
 * the LR of iteration t is `PolyWarmupAdamW`'s with `global_step = t` (before its increment);
   the loss warm-up trains cls + cls_aux only while `t <= cosa_warmup_iters`.
 
@@ -39,66 +46,57 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...checkpoint import unwrap
-from ...errors import CheckpointError, ConfigError
+from ...errors import CheckpointError
 from ...ops.dense_crf import dense_crf
-from ..base import Method, OfficialEvaluator, StepInfo
-from .data import CosaView, load_image_labels
-from .evaluate import OFFICIAL_CRF_PARAMS, OFFICIAL_EVAL_SCALES, CosaSegNet, cosa_official_evaluator
+from ..base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
+from .best import BestScores
+from .data import CosaView, list_ids, load_image_labels
+from .evaluate import OFFICIAL_CRF_PARAMS, CosaSegNet, cosa_official_evaluator
 from .image_labels import ImageLabels
 from .network import CoSANet
 from .optim import LR_WARMUP_ITERS, build_cosa_optimizer, cosa_lrs, ema_update, set_lrs
+from .settings import CONFIG_HELP, CONFIG_KEYS, DEFAULTS, check_cosa_config
 from .step import CoSAStepSettings, cosa_forward_loss
+from .train_eval import evaluate_best_seg, evaluate_both
 from .transforms import CosaTransformSettings
-from .vit import VIT_CONFIGS, load_vit_pretrained
+from .vit import load_vit_pretrained
 
 __all__ = ["CoSA", "CosaEvalNet", "CosaModelSettings", "cls_labels_path"]
 
-EVAL_NETS = ("student", "teacher")
 # The teacher's random heads are drawn from C.seed + this (the student's from C.seed).
 TEACHER_SEED_OFFSET = 1
-
-_STEP = CoSAStepSettings()  # the official VOC values (`args.py` + `run_voc.sh`)
-
-# Official values shared by VOC and COCO, as project keys.
-_COMMON: dict[str, Any] = {
-    "lr": _STEP.lr,
-    "weight_decay": 1e-2,  # `wt_dec`
-    "image_height": 448,  # `crop_size`
-    "image_width": 448,
-    "niters_per_epoch": 1000,  # max_iters = nepochs x 1000
-    "seed": 0,
-}
-
-_VOC: dict[str, Any] = {
-    **_COMMON,
-    "batch_size": 4,  # 2 per GPU x 2 GPUs (`args.py`, `run_voc.sh --nproc_per_node=2`)
-    "nepochs": 32,  # `run_voc.sh --max_iters 32000`
-    "cosa_aux_layer": -4,  # `run_voc.sh --aux_layer -4`
-}
-
-_COCO: dict[str, Any] = {
-    **_COMMON,
-    "num_classes": 81,
-    "batch_size": 8,  # 4 per GPU x 2 GPUs (`args_coco.py`, `run_coco.sh`)
-    "nepochs": 60,  # `max_iters=60000`
-    "cosa_aux_layer": -3,
-    "cosa_warmup_iters": 10000,
-    "cosa_high_thre": 0.65,
-    "cosa_train_list": "train.txt",
-    "cosa_eval_list": "val_part.txt",
-}
+# `cosa_cls_labels="auto"`: this file under the dataset root when it is there (official name).
+AUTO_LABELS, OFFICIAL_LABELS_FILE = "auto", "cls_labels_onehot.npy"
+FROM_MASKS = ("masks", "none")  # `cosa_cls_labels` values that derive the labels from masks
 
 
 def cls_labels_path(C: Any) -> str | None:
-    """`C.cosa_cls_labels` as an absolute path (relative: under `C.dataset_path`), or None."""
+    """`C.cosa_cls_labels` as an absolute path (relative: under `C.dataset_path`), or None
+    (derive from the masks: None, "masks" or "none"). "auto": the official file name under
+    `C.dataset_path` when it exists there, else None."""
     path = C.get("cosa_cls_labels")
-    if path is None:
+    if path is None or str(path).lower() in FROM_MASKS:
         return None
+    if path == AUTO_LABELS:
+        found = os.path.join(C.dataset_path, OFFICIAL_LABELS_FILE)
+        return found if os.path.isfile(found) else None
     return os.path.join(C.dataset_path, os.path.expanduser(str(path)))
 
 
 def _image_labels(C: Any) -> ImageLabels:
     return load_image_labels(cls_labels_path(C), int(C.num_classes))
+
+
+def _eval_kwargs(C: Any, *, crf: bool) -> dict[str, Any]:
+    """The official protocol's settings for `evaluate.evaluate_cosa` (CRF: the final one)."""
+    labels = _image_labels(C)
+    return {
+        "num_classes": int(C.num_classes),
+        "image_labels": labels if labels.table is not None else None,  # None: from the masks
+        "crop_size": int(C.image_height),
+        "scales": tuple(float(s) for s in C.cosa_eval_scales),
+        "crf": _dense_crf if crf else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -160,131 +158,15 @@ def _dense_crf(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return q[0].numpy()
 
 
-# ------------------------------------------------------------------------- config checking
-
-
-def _number(C: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
-    value = C.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"C.{key} = {value!r}: expected a number")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"C.{key} = {value!r}: expected {lo} <= value <= {hi}")
-    return float(value)
-
-
-def _integer(C: Any, key: str, lo: int) -> int:
-    value = C.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"C.{key} = {value!r}: expected an integer >= {lo}")
-    return value
-
-
-def _flag(C: Any, key: str) -> bool:
-    if not isinstance(C.get(key), bool):
-        raise ConfigError(f"C.{key} = {C.get(key)!r}: expected true or false")
-    return C[key]
-
-
-def _scales(C: Any, key: str, *, need_one: bool) -> None:
-    value = C.get(key)
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        or min(value) <= 0
-    ):
-        raise ConfigError(f"C.{key} = {value!r}: expected a list of positive numbers")
-    if need_one and 1.0 not in [float(v) for v in value]:
-        raise ConfigError(f"C.{key} = {value!r}: 1.0 must be among the scales (official)")
-
-
-def _check_thresholds(C: Any) -> None:
-    for suffix in ("", "_aux"):
-        low = _number(C, f"cosa_low_thre{suffix}", 0.0, 1.0)
-        high = _number(C, f"cosa_high_thre{suffix}", 0.0, 1.0)
-        if low > high:
-            raise ConfigError(
-                f"C.cosa_low_thre{suffix} = {low} > C.cosa_high_thre{suffix} = {high}: expected "
-                "low <= high (pixels between them are uncertain)"
-            )
-
-
 class CoSA(Method):
     """CoSA: co-training with swapping assignments (student + separate EMA teacher)."""
 
     name = "cosa"
     streams = ("labeled",)  # images with image-level labels; no unlabeled split
     batch_keys = CosaView.keys
-    defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"voc": _VOC, "coco": _COCO}
-    config_keys: ClassVar[Mapping[str, Any]] = {
-        "cosa_backbone": "vit_base_patch16_224",
-        "cosa_aux_layer": -3,
-        "cosa_decoder_width": 512,
-        "cosa_train_list": "train_aug.txt",
-        "cosa_eval_list": "val.txt",
-        "cosa_cls_labels": None,
-        "cosa_scales": (0.5, 2.0),
-        "cosa_warmup_iters": _STEP.warmup_iters,
-        "cosa_lr_warmup_iters": LR_WARMUP_ITERS,
-        "cosa_lrscale": _STEP.lrscale,
-        "cosa_min_mult": _STEP.min_mult,
-        "cosa_wt_dec_mult": 1.0,
-        "cosa_momentum": _STEP.momentum,
-        "cosa_high_thre": _STEP.high_thre,
-        "cosa_low_thre": _STEP.low_thre,
-        "cosa_high_thre_aux": _STEP.high_thre_aux,
-        "cosa_low_thre_aux": _STEP.low_thre_aux,
-        "cosa_pseudo_scales": tuple(_STEP.pseudo_scales),
-        "cosa_par_downscale": _STEP.par_downscale,
-        "cosa_segfg_alpha": _STEP.segfg_alpha,
-        "cosa_aux_cam2seg": _STEP.aux_cam2seg,
-        "cosa_aux_cam2seg_alpha": _STEP.aux_cam2seg_alpha,
-        "cosa_seg_softmaxtemp": _STEP.seg_softmaxtemp,
-        "cosa_after_softmax": _STEP.after_softmax,
-        "cosa_seg_weight": _STEP.seg_weight,
-        "cosa_cam_weight": _STEP.cam_weight,
-        "cosa_reg_weight": _STEP.reg_weight,
-        "cosa_eval_net": "student",
-        "cosa_eval_scales": OFFICIAL_EVAL_SCALES,
-        "cosa_eval_crf": False,
-        "cosa_eval_cams": False,
-    }
-    config_help: ClassVar[Mapping[str, str]] = {
-        "cosa_backbone": "ViT encoder (official `backbone`): vit_base_patch16_224 | "
-        "deit_tiny_patch16_224 | vit_toy_patch16 (tests); weights: --pretrained_model=FILE",
-        "cosa_aux_layer": "block whose tokens feed the aux classifier (`aux_layer`; VOC -4, COCO -3)",
-        "cosa_decoder_width": "channels of the LargeFOV seg head (official 512; less: toy runs)",
-        "cosa_train_list": "training list under dataset_path (official train_aug.txt; COCO train.txt)",
-        "cosa_eval_list": "validation list under dataset_path (val.txt; COCO val_part.txt)",
-        "cosa_cls_labels": "image-level labels: cls_labels_onehot.npy (under dataset_path), or "
-        "None: derived from the masks",
-        "cosa_scales": "random rescale range of the training transform (`scales`, (0.5, 2))",
-        "cosa_warmup_iters": "loss warm-up (`warmup_iters`): only cls losses while iteration <= it",
-        "cosa_lr_warmup_iters": "LR warm-up iterations (official 1500, hard-coded in `main.py:67`)",
-        "cosa_lrscale": "LR multiplier of the classifiers and the decoder (`lrscale`, 10)",
-        "cosa_min_mult": "floor of the poly LR multiplier (`min_mult`, 0)",
-        "cosa_wt_dec_mult": "weight-decay multiplier of the encoder norms (`wt_dec_mult`, 1); "
-        "weight decay itself: --weight_decay (`wt_dec`, 0.01)",
-        "cosa_momentum": "EMA momentum of the teacher (`momentum`, 0.9994)",
-        "cosa_high_thre": "CAM -> mask foreground threshold (`high_thre`; VOC 0.7, COCO 0.65)",
-        "cosa_low_thre": "CAM -> mask background threshold (`low_thre`, 0.25)",
-        "cosa_high_thre_aux": "aux CAM foreground threshold (`high_thre_aux`, 0.7)",
-        "cosa_low_thre_aux": "aux CAM background threshold (`low_thre_aux`, 0.25)",
-        "cosa_pseudo_scales": "teacher CAM scales (`pseudo_scales`, [1.0, 0.5, 1.5])",
-        "cosa_par_downscale": "CAM -> mask resolution divisor (`par_downscale`, 2; 0: none)",
-        "cosa_segfg_alpha": "foreground weight of the seg loss (`segfg_alpha`, 0.5)",
-        "cosa_aux_cam2seg": "also supervise the seg head with the aux CAM mask (`aux_cam2seg`)",
-        "cosa_aux_cam2seg_alpha": "weight of that aux seg loss (`aux_cam2seg_alpha`, 0.5)",
-        "cosa_seg_softmaxtemp": "softmax temperature of the seg -> CAM target (`seg_softmaxtemp`)",
-        "cosa_after_softmax": "temperature after the softmax (`after_softmax`, false)",
-        "cosa_seg_weight": "seg loss weight after the warm-up (`seg_weight`, 0.1)",
-        "cosa_cam_weight": "CAM loss weight after the warm-up (`cam_weight`, 0.05)",
-        "cosa_reg_weight": "energy (CRF) loss weight after the warm-up (`reg_weight`, 0.05)",
-        "cosa_eval_net": "network evaluated: student (official ON) | teacher (official AN)",
-        "cosa_eval_scales": "scales of the official protocol (--eval_protocol=official)",
-        "cosa_eval_crf": "dense CRF in the official protocol (final evaluation, official getcrf)",
-        "cosa_eval_cams": "also score the CAMs in the official protocol (`get_camiou`)",
-    }
+    defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = DEFAULTS
+    config_keys: ClassVar[Mapping[str, Any]] = CONFIG_KEYS
+    config_help: ClassVar[Mapping[str, str]] = CONFIG_HELP
 
     def __init__(
         self,
@@ -304,6 +186,8 @@ class CoSA(Method):
         self.transform_settings, self.labels = transform, labels
         self.eval_choice = eval_net
         self.teacher: CoSANet | None = None
+        self.best = BestScores()  # best_seg / best_cam of the run (official -1 at the start)
+        self.label_lists: tuple[str, ...] = ()  # lists the npy must cover (`from_config`)
         self._pretrained_loaded: str | None = None
 
     # ------------------------------------------------------------------ config
@@ -320,62 +204,8 @@ class CoSA(Method):
 
     @classmethod
     def check_config(cls, C: Any) -> None:
-        """Named errors for values CoSA cannot run with."""
-        backbone = C.get("cosa_backbone")
-        if backbone not in VIT_CONFIGS:
-            raise ConfigError(
-                f"C.cosa_backbone = {backbone!r}: expected one of {', '.join(VIT_CONFIGS)}"
-            )
-        depth = VIT_CONFIGS[backbone].depth
-        aux = C.get("cosa_aux_layer")
-        if isinstance(aux, bool) or not isinstance(aux, int) or not -depth <= aux < depth:
-            raise ConfigError(
-                f"C.cosa_aux_layer = {aux!r}: expected an index into the {depth} blocks of "
-                f"{backbone} (-{depth} .. {depth - 1})"
-            )
-        for key in ("cosa_train_list", "cosa_eval_list"):
-            if not isinstance(C.get(key), str) or not C[key]:
-                raise ConfigError(f"C.{key} = {C.get(key)!r}: expected a list file name")
-        labels = C.get("cosa_cls_labels")
-        if labels is not None and (not isinstance(labels, str) or not labels):
-            raise ConfigError(
-                f"C.cosa_cls_labels = {labels!r}: expected a cls_labels_onehot.npy path or None"
-            )
-        lo_hi = C.get("cosa_scales")
-        _scales(C, "cosa_scales", need_one=False)
-        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
-            raise ConfigError(f"C.cosa_scales = {lo_hi!r}: expected two numbers 0 < min <= max")
-        _scales(C, "cosa_pseudo_scales", need_one=True)
-        _scales(C, "cosa_eval_scales", need_one=True)
-        _check_thresholds(C)
-        _integer(C, "cosa_decoder_width", 1)
-        _integer(C, "cosa_warmup_iters", 0)
-        _integer(C, "cosa_lr_warmup_iters", 0)
-        _integer(C, "cosa_par_downscale", 0)
-        for key in ("cosa_lrscale", "cosa_seg_softmaxtemp"):
-            if _number(C, key) <= 0:
-                raise ConfigError(f"C.{key} = {C[key]!r}: expected > 0")
-        for key in ("cosa_min_mult", "cosa_momentum", "cosa_segfg_alpha", "cosa_aux_cam2seg_alpha"):
-            _number(C, key, 0.0, 1.0)
-        for key in ("cosa_wt_dec_mult", "cosa_seg_weight", "cosa_cam_weight", "cosa_reg_weight"):
-            if _number(C, key) < 0:
-                raise ConfigError(f"C.{key} = {C[key]!r}: expected >= 0")
-        for key in ("cosa_aux_cam2seg", "cosa_after_softmax", "cosa_eval_crf", "cosa_eval_cams"):
-            _flag(C, key)
-        if C.get("cosa_eval_net") not in EVAL_NETS:
-            raise ConfigError(
-                f"C.cosa_eval_net = {C.get('cosa_eval_net')!r}: expected one of "
-                f"{', '.join(EVAL_NETS)}"
-            )
-        crop = (C.get("image_height"), C.get("image_width"))
-        if crop[0] != crop[1]:
-            raise ConfigError(
-                f"C.image_height, C.image_width = {crop}: CoSA trains on square crops "
-                "(`crop_size`); expected the same value for both"
-            )
-        if C.get("warm_up_epoch", 0):
-            # The LR warm-up is the official fixed 1500 iterations (`optim.LR_WARMUP_ITERS`).
-            raise ConfigError(f"C.warm_up_epoch = {C.warm_up_epoch}: expected 0 for CoSA")
+        """Named errors for values CoSA cannot run with (`settings.check_cosa_config`)."""
+        check_cosa_config(C)
 
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> CoSA:
@@ -414,7 +244,7 @@ class CoSA(Method):
             crop_size=int(C.image_height),
             scale_range=tuple(float(s) for s in C.cosa_scales),
         )
-        return cls(
+        method = cls(
             model=model,
             step=step,
             transform=transform,
@@ -424,11 +254,19 @@ class CoSA(Method):
             wt_dec_mult=float(C.cosa_wt_dec_mult),
             lr_warmup_iters=int(C.cosa_lr_warmup_iters),
         )
+        # The lists whose ids the npy must cover (checked when training starts: `data_view`).
+        val_lists = (os.path.join(C.dataset_path, C.cosa_train_eval_list), C.eval_source)
+        method.label_lists = tuple(dict.fromkeys(p for p in (C.train_source, *val_lists) if p))
+        return method
 
     # ------------------------------------------------------------------ training
 
     def data_view(self) -> CosaView:
-        """`wimg`, `simg`, `cls_label`, `img_box` of one training image (official transform)."""
+        """`wimg`, `simg`, `cls_label`, `img_box` of one training image (official transform).
+        With the official npy, first check that it covers every id of the training list and
+        of the evaluation lists (a named DataError at start-up, not mid-run)."""
+        for list_path in self.label_lists if self.labels.table is not None else ():
+            self.labels.check_ids(list_ids(list_path), list_path)
         return CosaView(self.labels, self.transform_settings)
 
     def build_model(self, *, pretrained: bool = True) -> nn.Module:
@@ -520,9 +358,56 @@ class CoSA(Method):
     # ------------------------------------------------------------------ evaluation, state
 
     def eval_net(self, model: nn.Module) -> nn.Module:
-        """`CosaEvalNet` of the student (default) or of the teacher (`cosa_eval_net`)."""
+        """`CosaEvalNet` of the student (default; also for "both", whose second network
+        `eval_nets` adds) or of the teacher (`cosa_eval_net`)."""
         net = self._need_teacher() if self.eval_choice == "teacher" else unwrap(model)
         return CosaEvalNet(net)
+
+    def train_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any]:
+        """The official evaluation every `eval_iters` (`train_eval.evaluate_both`): student
+        and teacher with the official protocol, best_seg.pth / best_cam.pth kept across both."""
+        nets = {"student": unwrap(model), "teacher": self._need_teacher()}
+        return evaluate_both(nets, self.best, ctx, _eval_kwargs(ctx.C, crf=False))
+
+    def final_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
+        """The official `finalval`: best_seg.pth with the CRF on `cosa_eval_list` (when
+        `cosa_final_eval`; `train_eval.evaluate_best_seg`)."""
+        if not ctx.C.cosa_final_eval:
+            return None
+        net = self.model_settings.build(None)
+        return evaluate_best_seg(net, ctx, _eval_kwargs(ctx.C, crf=True))
+
+    @classmethod
+    def backbone_name(cls, C: Any) -> str:
+        """The ViT encoder (`cosa_backbone`), not the ResNet `C.backbone` CoSA never builds."""
+        return str(C.cosa_backbone)
+
+    @classmethod
+    def eval_variants(cls, C: Any) -> tuple[dict[str, Any], ...]:
+        """``cosa_eval_net=both``: the student, then the teacher; else one evaluation."""
+        if C.get("cosa_eval_net") == "both":
+            return ({"cosa_eval_net": "student"}, {"cosa_eval_net": "teacher"})
+        return ({},)
+
+    def load_eval_state(self, ckpt: Mapping[str, Any]) -> str | None:
+        """A training snapshot restores the teacher (`method_state`). A weights-only file (the
+        official ``best_seg.pth`` / ``best_cam.pth``, ours, or a bare state dict) holds ONE
+        network, evaluated in the student's place; asking for the teacher of it is an error."""
+        if "method_state" in ckpt:
+            self.load_state_dict(ckpt["method_state"])
+            return None
+        if self.eval_choice != "student":
+            raise CheckpointError(
+                f"cosa_eval_net={self.eval_choice}: the checkpoint holds one network (no "
+                "method_state with the teacher); evaluate it with --cosa_eval_net=student"
+            )
+        trained = {"s": "the student", "t": "the teacher"}.get(str(ckpt.get("s_or_t")))
+        when = f" at iteration {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else ""
+        origin = f" (trained as {trained}{when})" if trained else ""
+        return (
+            f"weights-only checkpoint: its one network{origin} is evaluated as the student "
+            "(official best_seg.pth / best_cam.pth format)"
+        )
 
     @classmethod
     def official_evaluator(cls, C: Any) -> OfficialEvaluator:
@@ -530,26 +415,23 @@ class CoSA(Method):
         `cosa_eval_scales` + flip summed logits, absent classes filtered by the image-level
         labels, the dense CRF with `cosa_eval_crf`."""
         ev = cosa_official_evaluator(
-            num_classes=int(C.num_classes),
-            image_labels=_image_labels(C) if C.get("cosa_cls_labels") else None,
-            crop_size=int(C.image_height),
-            scales=tuple(float(s) for s in C.cosa_eval_scales),
-            crf=_dense_crf if C.cosa_eval_crf else None,
-            cams=bool(C.cosa_eval_cams),
+            **_eval_kwargs(C, crf=bool(C.cosa_eval_crf)), cams=bool(C.cosa_eval_cams)
         )
         return OfficialEvaluator(ev.label, functools.partial(_official_on_raw_logits, ev.evaluate))
 
     def state_dict(self) -> dict[str, Any]:
-        """The teacher's weights (a resume is exact only with them)."""
-        return {"teacher": self._need_teacher().state_dict()}
+        """The teacher's weights (a resume is exact only with them) and the kept best scores."""
+        return {"teacher": self._need_teacher().state_dict(), "best": self.best.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the teacher; a checkpoint without it is a CheckpointError."""
-        if set(state) != {"teacher"}:
+        """Restore the teacher (and the best scores; snapshots from before they were kept
+        have none); a checkpoint without the teacher is a CheckpointError."""
+        if "teacher" not in state or not set(state) <= {"teacher", "best"}:
             raise CheckpointError(
-                f"method 'cosa': method_state has keys {sorted(state)}; expected ['teacher'] "
-                "(the EMA teacher's weights)"
+                f"method 'cosa': method_state has keys {sorted(state)}; expected ['best', "
+                "'teacher'] (the EMA teacher's weights, the kept best scores)"
             )
+        self.best = BestScores.from_state(state["best"]) if "best" in state else BestScores()
         try:
             self._need_teacher().load_state_dict(state["teacher"], strict=True)
         except RuntimeError as err:

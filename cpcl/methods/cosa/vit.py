@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checkpoint import load_checkpoint
 from ...errors import CheckpointError, CpclError
 
 __all__ = ["VIT_CONFIGS", "ViTConfig", "VisionTransformer", "build_vit", "load_vit_pretrained"]
@@ -209,9 +210,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             ) from err
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file gets the same clear message
-        raise CheckpointError(f"ViT pretrained weights {path}: cannot be read ({err})") from err
+        # The project's loader: a web page or archive saved as .pth is "not a checkpoint
+        # (corrupt or wrong file)", not torch's weights_only=False advice.
+        obj = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"ViT pretrained weights: {err}") from None
     # DeiT releases wrap the state dict as {"model": ...}.
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]

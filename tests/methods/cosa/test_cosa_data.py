@@ -448,7 +448,7 @@ def test_npy_file_problems(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"text\.npy"):
         read_cls_labels_npy(tmp_path / "text.npy", 21)
     labels = ImageLabels.from_npy(good, 21)
-    with pytest.raises(DataError, match=r"no entry for 'b' \(2 ids of train.txt missing\)"):
+    with pytest.raises(DataError, match=r"no entry for 2 ids of train.txt: 'b', 'c';"):
         labels.check_ids(["a", "b", "c"], "train.txt")
     with pytest.raises(DataError, match="no entry for image 'zz'"):
         labels.vector("zz")

@@ -199,7 +199,7 @@ def test_teacher_is_a_separate_seeded_network(toy_voc_small, tmp_path):
     other.setup(model)
     assert not torch.equal(other.teacher.classifier.weight, teacher.classifier.weight)
     # The teacher is the method state; a checkpoint without it is refused.
-    assert set(method.state_dict()) == {"teacher"}
+    assert set(method.state_dict()) == {"teacher", "best"}
     with pytest.raises(CheckpointError, match="teacher"):
         method.load_state_dict({})
 
@@ -257,7 +257,7 @@ def test_train_resume_exactly_and_evaluate(toy_voc_small, tmp_path, monkeypatch,
     assert any("image-level labels: derived from the segmentation labels" in p.read_text()
                for p in log_text)  # fmt: skip
     reference = load_checkpoint(Path(full["snapshot_dir"]) / "epoch-last.pth")
-    assert set(reference["method_state"]) == {"teacher"}
+    assert set(reference["method_state"]) == {"teacher", "best"}
     assert len(reference["optimizer_1"]["param_groups"]) == 4
 
     # Stop after 4 of 6 iterations (inside the second epoch), then resume.
