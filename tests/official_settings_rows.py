@@ -538,7 +538,7 @@ def _cosa(ds: str, args: str, v: dict[str, Any]) -> list[tuple]:
             "validation list (during training)",
             v["val"],
             f"dataloaders/__init__.py:{v['val_line']}",
-            "cosa_eval_list",
+            "cosa_train_eval_list",
         ),
     ]
 
