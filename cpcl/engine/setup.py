@@ -61,6 +61,7 @@ def build_run(
 ) -> tuple[nn.Module, Any, TrainState]:
     """The method's model (on its device), the loader of its data view, and the loop state."""
     check_amp(C.amp, info.device)  # bf16 without native support: refused before any work
+    get_method(C.method).check_per_rank_batch(C, info.world_size)
     method = get_method(C.method).from_config(C, per_rank_batch=C.batch_size // info.world_size)
     view = method.data_view()
     undeclared = set(view.streams) - set(method.streams)

@@ -101,6 +101,18 @@ def test_bad_settings_raise_named_errors(arg, match):
         apply_overrides(load_preset("voc"), ["--method=u2pl", arg])
 
 
+def test_one_image_per_process_is_refused_at_start_up():
+    # batch 1: refused with the config (the teacher's plain BatchNorm would raise mid-run).
+    with pytest.raises(ConfigError, match=r"batch_size = 1.*at least 2"):
+        apply_overrides(load_preset("voc"), ["--method=u2pl", "--batch_size=1"])
+    # batch 2 on 2 processes: refused at start-up, naming the key and the process count.
+    C = apply_overrides(load_preset("voc"), ["--method=u2pl", "--batch_size=2"])
+    U2PL.check_per_rank_batch(C, 1)
+    with pytest.raises(ConfigError, match=r"batch_size = 2 over 2 process.*at least 2"):
+        U2PL.check_per_rank_batch(C, 2)
+    get_method("cps").check_per_rank_batch(C, 2)  # one image per process is fine elsewhere
+
+
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy_voc")
