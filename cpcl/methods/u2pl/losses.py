@@ -365,7 +365,11 @@ def contra_memobank_loss(
             reco_loss = reco_loss + 0 * rep.sum()
             continue
         a_idx = draw(len(anchors_per_class[pos]), num_queries)
-        anchor_feat = anchors_per_class[pos][a_idx.to(rep.device)]
+        # index_select, not `anchors[a_idx]`: the drawn indices repeat, and the backward of
+        # advanced indexing accumulates them with parallel atomic adds on a multi-threaded
+        # CPU (run-to-run noise ~1e-7); index_add sums each row in index order, the same
+        # values as indexing under torch.use_deterministic_algorithms.
+        anchor_feat = torch.index_select(anchors_per_class[pos], 0, a_idx.to(rep.device))
         with torch.no_grad():
             negative_feat = negatives_bank.to(rep.device)
             n_idx = draw(len(negative_feat), num_queries * num_negatives)
