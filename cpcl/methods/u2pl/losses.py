@@ -135,7 +135,7 @@ def unreliable_unsup_loss(
         thresh = np_percentile(entropy[valid], percent)
         dropped = entropy.ge(thresh) & valid
         target = target.clone()
-        target[dropped] = IGNORE
+        target.masked_fill_(dropped, IGNORE)  # not `target[dropped] = ...`: no host sync
         weight = batch_size * h * w / torch.sum(target != IGNORE)
     ce = F.cross_entropy(pred, target, ignore_index=IGNORE)
     info = {
@@ -167,7 +167,7 @@ def label_onehot(labels: Tensor, num_classes: int, onehot: str = "official") -> 
         return out * (~ignored).unsqueeze(1)
     out = torch.zeros((num_classes, batch_size, h, w), device=labels.device)
     out.scatter_(0, safe.unsqueeze(1), 1.0)
-    out[:, ignored] = 0
+    out.masked_fill_(ignored.unsqueeze(0), 0)  # `out[:, ignored] = 0` without a host sync
     return out.permute(1, 0, 2, 3)
 
 
