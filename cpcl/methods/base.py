@@ -25,6 +25,13 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
 * `streams`: the split lists the method trains on (default `("labeled", "unlabeled")`;
   `sup`: `("labeled",)`); a split it does not declare is neither required nor read.
+* `capturable` (default False) and `not_capturable_because`: whether `forward_loss` + backward
+  can be captured as one CUDA graph (`--cuda_graphs=true`, EXPERIMENTAL, `cpcl.engine.graphs`):
+  no host synchronisation (`.item()`, `.tolist()`, `nonzero`, boolean-mask reads, blocking
+  copies), no python branch or shape that depends on the data, and nothing that depends on
+  `step` (a replay repeats the captured iteration's kernels); random draws only from torch's
+  generators on the device. A method that is not capturable runs eagerly, and the log says
+  `not_capturable_because`.
 * `derived_defaults(C)`: values of derived keys (`train_source`, `num_unsup_imgs`, ...) the
   method reads instead of the labeled-ratio ones; `cpcl.config.finalize` fills each key the
   user left at None with them (e.g. CoSA trains on the whole `train_aug.txt`).
@@ -121,6 +128,9 @@ class Method:
     streams: ClassVar[tuple[str, ...]] = ("labeled", "unlabeled")
     # One line of meaning per key of `config_keys` (shown by `train.py --help`).
     config_help: ClassVar[Mapping[str, str]] = {}
+    # `--cuda_graphs`: forward_loss + backward capturable as one CUDA graph (module docstring).
+    capturable: ClassVar[bool] = False
+    not_capturable_because: ClassVar[str] = "not declared capturable (Method.capturable)"
     # The smallest batch one process can train on (e.g. BatchNorm outside SyncBN needs 2).
     min_images_per_rank: ClassVar[int] = 1
 

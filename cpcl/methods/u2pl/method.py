@@ -93,6 +93,10 @@ class U2PL(Method):
     config_keys: ClassVar[Mapping[str, Any]] = CONFIG_KEYS
     config_help: ClassVar[Mapping[str, str]] = CONFIG_HELP
     min_images_per_rank: ClassVar[int] = MIN_IMAGES_PER_RANK
+    not_capturable_because: ClassVar[str] = (
+        "host reads in the contrastive loss (boolean-mask anchors and keys, per-class counts, "
+        "percentiles, CPU random draws bounded by device counts; docs/gpu.md)"
+    )
 
     @classmethod
     def check_config(cls, C: Any) -> None:
