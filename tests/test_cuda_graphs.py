@@ -7,6 +7,7 @@ guard that re-captures after a rebind."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cpcl.engine.graphs import GraphedIteration, check_graph_settings, make_grap
 from cpcl.methods import Method, StepInfo, get_method, method_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_cuda_graphs
 import bench_train
 
 CAPTURABLE = [n for n in method_names() if get_method(n).capturable]
@@ -214,3 +216,17 @@ def test_a_batch_of_another_shape_runs_eagerly():
         )
     assert graph.captures == 1
     assert all(p.grad is None or p.grad.data_ptr() in graph.pointers for p in model.parameters())
+
+
+def test_the_gpu_scripts_parse_and_refuse_without_cuda(capsys):
+    args = bench_cuda_graphs.parse_args(["speed"])
+    assert set(args.method) == set(CAPTURABLE) and args.batch == [2, 8]
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cuda_graphs.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "identity" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_cuda_graphs.parse_args(["speed", "--method", "u2pl"])  # not capturable
+    if not torch.cuda.is_available():
+        assert bench_cuda_graphs.main(["identity"]) == 2
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0

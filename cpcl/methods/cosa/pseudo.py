@@ -140,8 +140,9 @@ def cam2mask(
         masks.append(mask)
     high, low = masks
     out = high.clone()
-    out[high == 0] = ignore_index
-    out[(high + low) == 0] = 0
+    # masked_fill_, not `out[mask] = v`: the same values without a host sync.
+    out.masked_fill_(high == 0, ignore_index)
+    out.masked_fill_((high + low) == 0, 0)
     return out
 
 
@@ -164,5 +165,5 @@ def seg_refine_by_label(
     if after_softmax:
         return labels_bg[:, :, None, None] * F.softmax(seg / softmaxtemp, dim=1)
     valid = seg.clone()
-    valid[labels_bg == 0] = -1e5
+    valid.masked_fill_((labels_bg == 0)[:, :, None, None], -1e5)  # no host sync
     return F.softmax(valid / softmaxtemp, dim=1)
