@@ -63,7 +63,7 @@ def build_run(
     """The method's model (on its device), the loader of its data view, and the loop state."""
     check_amp(C.amp, info.device)  # bf16 without native support: refused before any work
     check_graph_settings(
-        cuda_graphs=bool(C.cuda_graphs),
+        cuda_graphs=bool(C.get("cuda_graphs", False)),
         device=info.device,
         compile=bool(C.compile),
         world_size=info.world_size,
