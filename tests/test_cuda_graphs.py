@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 import cpcl.engine as engine
-from cpcl.config import ConfigError
+from cpcl.config import ConfigError, apply_overrides, load_preset
+from cpcl.data.toy import make_toy_voc
 from cpcl.engine.capture_check import describe, find_host_syncs
 from cpcl.engine.graphs import GraphedIteration, check_graph_settings, make_graphed_iteration
 from cpcl.methods import Method, StepInfo, get_method, method_names
@@ -230,3 +231,20 @@ def test_the_gpu_scripts_parse_and_refuse_without_cuda(capsys):
         assert bench_cuda_graphs.main(["identity"]) == 2
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+
+
+def test_a_cpu_run_with_cuda_graphs_is_refused_before_any_work(tmp_path):
+    make_toy_voc(tmp_path / "toy", n_train=16, n_val=2, height=32, width=32, num_classes=4, seed=0)
+    argv = [
+        "--method=sup",
+        f"--dataset_path={tmp_path / 'toy'}",
+        f"--log_dir={tmp_path / 'log'}",
+        "--labeled_ratio=4",
+        "--num_classes=4",
+        "--device=cpu",
+        "--cuda_graphs=true",
+    ]
+    C = apply_overrides(load_preset("voc"), argv)
+    with pytest.raises(ConfigError, match="cuda_graphs = True needs a CUDA device"):
+        engine.fit(C, root=str(tmp_path))
+    assert not list((tmp_path / "log").rglob("*.pth"))  # nothing trained, nothing saved
