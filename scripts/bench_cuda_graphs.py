@@ -116,8 +116,15 @@ def identity(args: argparse.Namespace, method: str, amp: str) -> dict:
     for it in range(args.warmup + 1):  # warm-up, then the capture
         _step(model, opts, m, batches[it % 4], it, total, amp, graph)
     step = StepInfo(0, total - 1, total, total)
-    eager = _kernels(lambda: graph._eager_keeping_graph(batches[0], step))
     replay = _kernels(lambda: graph._replay(step))
+
+    def eager_forward_backward() -> None:
+        # As eager train_step: gradients None, then forwards, losses and backward.
+        for p in model.parameters():
+            p.grad = None
+        graph._forward_backward(graph.static_batch, step)
+
+    eager = _kernels(eager_forward_backward)
     first = next((i for i, (a, b) in enumerate(zip(eager, replay, strict=False)) if a != b), None)
     out["kernels_eager"], out["kernels_replay"] = len(eager), len(replay)
     out["kernel_sequence_equal"] = eager == replay
