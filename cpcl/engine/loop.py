@@ -21,6 +21,7 @@ from ..dist import DistInfo, StopFlag
 from ..methods import Method, StepInfo, TrainEvalContext
 from ..runlog import Scalars
 from ..snapshots import rng_state
+from .graphs import GraphedIteration
 from .meter import Meter, format_means
 from .signals import next_batch
 from .snapshot import save_epoch, save_interrupted
@@ -68,6 +69,7 @@ class TrainState:
     stop: StopFlag | None = None
     scalars: Scalars | None = None
     is_main: bool = True
+    graph: GraphedIteration | None = None  # --cuda_graphs (cpcl.engine.graphs)
 
 
 def _to_device(batch: Mapping[str, Tensor], device: torch.device, channels_last: bool) -> dict:
@@ -118,6 +120,7 @@ def train_one_epoch(
             scaler=state.scaler,
             grad_sync=state.grad_sync,
             step=step,
+            graph=state.graph,
         )
         meter.add(out, it)
         done += 1

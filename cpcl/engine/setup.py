@@ -21,6 +21,7 @@ from ..dist import DistInfo, StopFlag, allreduce_grads, broadcast_module, maybe_
 from ..errors import CpclError
 from ..methods import get_method
 from ..runlog import Scalars
+from .graphs import check_graph_settings, make_graphed_iteration
 from .loop import LoopSettings, TrainState
 
 
@@ -61,6 +62,13 @@ def build_run(
 ) -> tuple[nn.Module, Any, TrainState]:
     """The method's model (on its device), the loader of its data view, and the loop state."""
     check_amp(C.amp, info.device)  # bf16 without native support: refused before any work
+    check_graph_settings(
+        cuda_graphs=bool(C.get("cuda_graphs", False)),
+        device=info.device,
+        compile=bool(C.compile),
+        world_size=info.world_size,
+    )
+    get_method(C.method).check_per_rank_batch(C, info.world_size)
     method = get_method(C.method).from_config(C, per_rank_batch=C.batch_size // info.world_size)
     view = method.data_view()
     undeclared = set(view.streams) - set(method.streams)
@@ -97,5 +105,6 @@ def build_run(
         stop=StopFlag(),
         scalars=Scalars(C.log_dir if info.is_main else None),
         is_main=info.is_main,
+        graph=make_graphed_iteration(C, model, method, log, is_main=info.is_main),
     )
     return model, loader, state

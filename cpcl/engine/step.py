@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..errors import CpclError
 from ..methods import Method, StepInfo
 from ..optim import set_lr
+from .graphs import GraphedIteration
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -56,6 +57,7 @@ def train_step(
     grad_sync: Callable[[], None] | None = None,
     step: StepInfo | None = None,
     aux: dict[str, Tensor] | None = None,
+    graph: GraphedIteration | None = None,
 ) -> dict[str, Tensor]:
     """Run one training iteration of `method` and update the model.
 
@@ -75,36 +77,42 @@ def train_step(
         step: epoch / iteration of this step (default: the first iteration).
         aux: optional dict that receives diagnostic tensors of the method (e.g. mixed
             images, logits, pseudo labels); for tests and debugging.
+        graph: `--cuda_graphs` (`cpcl.engine.graphs.GraphedIteration`): forwards, losses and
+            backward are captured once and replayed; the rest of the iteration stays eager.
 
     Returns detached 0-dim tensors without a host sync: `loss` and the method's named logs.
     """
     _check_args(method, amp, scaler, batch)
     step = step if step is not None else StepInfo()
+    if graph is not None and aux is not None:
+        raise CpclError("train_step: aux (diagnostics) cannot be read from a CUDA-graph replay")
 
     for opt in optimizers:
         if lr is not None:
             set_lr(opt, lr)
-        opt.zero_grad(set_to_none=True)
+        if graph is None:  # a graph owns its gradients (it overwrites them each replay)
+            opt.zero_grad(set_to_none=True)
 
-    # One autocast region for all forwards so each weight is cast to the low-precision dtype
-    # once per iteration (the cast cache lives until the outermost region exits). A method
-    # whose first forwards run in grad mode (the supervised ones) fills the cache with casts
-    # that carry gradients, which later no-grad teacher and student forwards reuse.
-    with _autocast(amp, next(iter(batch.values())).device.type):
-        loss, logs = method.forward_loss(model, batch, step, aux)
-    if amp == "fp16":
-        scaler.scale(loss).backward()
-        if grad_sync is not None:
-            grad_sync()
-        for opt in optimizers:
-            scaler.step(opt)
-        scaler.update()
+    if graph is not None:
+        loss, logs = graph.run(batch, step, scaler)
     else:
-        loss.backward()
-        if grad_sync is not None:
-            grad_sync()
-        for opt in optimizers:
+        # One autocast region for all forwards so each weight is cast to the low-precision
+        # dtype once per iteration (the cast cache lives until the outermost region exits). A
+        # method whose first forwards run in grad mode (the supervised ones) fills the cache
+        # with casts that carry gradients, which later no-grad teacher and student forwards
+        # reuse.
+        with _autocast(amp, next(iter(batch.values())).device.type):
+            loss, logs = method.forward_loss(model, batch, step, aux)
+        (scaler.scale(loss) if amp == "fp16" else loss).backward()
+    if grad_sync is not None:
+        grad_sync()
+    for opt in optimizers:
+        if amp == "fp16":
+            scaler.step(opt)
+        else:
             opt.step()
+    if amp == "fp16":
+        scaler.update()
     method.after_step(model, step)
 
     return {"loss": loss.detach(), **{k: v.detach() for k, v in logs.items()}}

@@ -25,10 +25,20 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
 * `streams`: the split lists the method trains on (default `("labeled", "unlabeled")`;
   `sup`: `("labeled",)`); a split it does not declare is neither required nor read.
+* `capturable` (default False) and `not_capturable_because`: whether `forward_loss` + backward
+  can be captured as one CUDA graph (`--cuda_graphs=true`, EXPERIMENTAL, `cpcl.engine.graphs`):
+  no host synchronisation (`.item()`, `.tolist()`, `nonzero`, boolean-mask reads, blocking
+  copies), no python branch or shape that depends on the data, and nothing that depends on
+  `step` (a replay repeats the captured iteration's kernels); random draws only from torch's
+  generators on the device. A method that is not capturable runs eagerly, and the log says
+  `not_capturable_because`.
 * `derived_defaults(C)`: values of derived keys (`train_source`, `num_unsup_imgs`, ...) the
   method reads instead of the labeled-ratio ones; `cpcl.config.finalize` fills each key the
   user left at None with them (e.g. CoSA trains on the whole `train_aug.txt`).
 * `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
+* `min_images_per_rank`: the smallest per-process batch the method can train on (default 1;
+  U2PL 2: its plain-BatchNorm teacher); `check_per_rank_batch(C, world_size)` names
+  `batch_size` and the process count at start-up otherwise.
 * `from_config(C, per_rank_batch=...)`: build the method object; read every value it needs
   from `C` here, once (the object then holds small settings, never `C`).
 * `data_view()`: a picklable `cpcl.data.views.DataView`: which sample streams one batch slot
@@ -91,7 +101,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -160,10 +170,28 @@ class Method:
     streams: ClassVar[tuple[str, ...]] = ("labeled", "unlabeled")
     # One line of meaning per key of `config_keys` (shown by `train.py --help`).
     config_help: ClassVar[Mapping[str, str]] = {}
+    # `--cuda_graphs`: forward_loss + backward capturable as one CUDA graph (module docstring).
+    capturable: ClassVar[bool] = False
+    not_capturable_because: ClassVar[str] = "not declared capturable (Method.capturable)"
+    # The smallest batch one process can train on (e.g. BatchNorm outside SyncBN needs 2).
+    min_images_per_rank: ClassVar[int] = 1
 
     @classmethod
     def check_config(cls, C: Any) -> None:
         """Raise `cpcl.config.ConfigError` for values this method cannot run with."""
+
+    @classmethod
+    def check_per_rank_batch(cls, C: Any, world_size: int) -> None:
+        """Raise `ConfigError` when `C.batch_size` over `world_size` processes leaves a rank
+        fewer than `min_images_per_rank` images."""
+        per_rank = int(C.batch_size) // max(int(world_size), 1)
+        if per_rank < cls.min_images_per_rank:
+            raise ConfigError(
+                f"C.batch_size = {C.batch_size} over {world_size} process(es) gives {per_rank} "
+                f"image(s) per process; method {cls.name!r} needs at least "
+                f"{cls.min_images_per_rank} per process: raise --batch_size (or use fewer "
+                "processes)"
+            )
 
     @classmethod
     def derived_defaults(cls, C: Any) -> dict[str, Any]:

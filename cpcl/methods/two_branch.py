@@ -77,6 +77,7 @@ class TwoBranchMethod(Method):
     """Base of sup / CPS / CPCL: everything but the unsupervised loss."""
 
     uses_unlabeled: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True  # no host sync in the iteration (tests/test_cuda_graphs.py)
     batch_keys: ClassVar[tuple[str, ...]] = ("img", "gt", "img_u0", "img_u1", "mask")
 
     def __init__(

@@ -68,6 +68,7 @@ def defaults() -> EasyDict:
     C.amp = "none"  # none | bf16 | fp16
     C.channels_last = False
     C.compile = False
+    C.cuda_graphs = False  # EXPERIMENTAL (cpcl.engine.graphs, docs/gpu.md)
     C.fused_teacher = False  # non-faithful opt-in: u0 and u1 in one teacher forward
     C.cudnn_benchmark = True
 

@@ -64,6 +64,7 @@ KEY_HELP: dict[str, str] = {
     "amp": "autocast: none (fp32, faithful), bf16 or fp16",
     "channels_last": "NHWC memory format (default per method: on for UniMatch, where it pays)",
     "compile": "torch.compile the network",
+    "cuda_graphs": "EXPERIMENTAL: capture forwards + losses + backward as one CUDA graph (docs/gpu.md)",
     "fused_teacher": "NOT faithful: both unlabeled images through each teacher in one forward",
     "cudnn_benchmark": "let cuDNN pick the fastest convolution algorithms",
     # --- evaluation ---

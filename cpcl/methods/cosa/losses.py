@@ -36,11 +36,11 @@ def seg_loss(
     if mask.shape != (seg_pred.shape[0], *seg_pred.shape[2:]):
         raise CpclError(f"seg_loss: mask {tuple(mask.shape)} vs logits {tuple(seg_pred.shape)}")
     bg = mask.clone()
-    bg[mask != 0] = ignore_index
+    bg.masked_fill_(mask != 0, ignore_index)  # `bg[mask != 0] = ...` without a host sync
     bg_loss = F.cross_entropy(seg_pred, bg.long(), ignore_index=ignore_index, reduction="sum")
     bg_loss = bg_loss / ((bg != ignore_index).sum() + 1e-6)
     fg = mask.clone()
-    fg[mask == 0] = ignore_index
+    fg.masked_fill_(mask == 0, ignore_index)
     fg_loss = F.cross_entropy(seg_pred, fg.long(), ignore_index=ignore_index, reduction="sum")
     fg_loss = fg_loss / ((fg != ignore_index).sum() + 1e-6)
     return (1 - fg_alpha) * bg_loss + fg_alpha * fg_loss

@@ -125,11 +125,14 @@ def cam2mask(
             stack = F.interpolate(stack, size=size, mode="bilinear", align_corners=False)
         stacks.append(stack)
     labels_bg = torch.cat([torch.ones((b, 1), device=cls_labels.device), cls_labels], dim=1)
+    # Host reads once per call, not once per threshold: the boxes and each image's classes.
+    boxes = img_box.tolist()
+    presents = [torch.nonzero(labels_bg[i])[:, 0] for i in range(b)]
     masks = []
     for stack in stacks:
         mask = ones.squeeze(1) * ignore_index
-        for i, (y0, y1, x0, x1) in enumerate(img_box.tolist()):
-            present = torch.nonzero(labels_bg[i])[:, 0]
+        for i, (y0, y1, x0, x1) in enumerate(boxes):
+            present = presents[i]
             probs = stack[i, present].unsqueeze(0).softmax(dim=1)
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             label = present[probs.argmax(dim=1)]
@@ -137,8 +140,9 @@ def cam2mask(
         masks.append(mask)
     high, low = masks
     out = high.clone()
-    out[high == 0] = ignore_index
-    out[(high + low) == 0] = 0
+    # masked_fill_, not `out[mask] = v`: the same values without a host sync.
+    out.masked_fill_(high == 0, ignore_index)
+    out.masked_fill_((high + low) == 0, 0)
     return out
 
 
@@ -161,5 +165,5 @@ def seg_refine_by_label(
     if after_softmax:
         return labels_bg[:, :, None, None] * F.softmax(seg / softmaxtemp, dim=1)
     valid = seg.clone()
-    valid[labels_bg == 0] = -1e5
+    valid.masked_fill_((labels_bg == 0)[:, :, None, None], -1e5)  # no host sync
     return F.softmax(valid / softmaxtemp, dim=1)

@@ -135,7 +135,7 @@ def unreliable_unsup_loss(
         thresh = np_percentile(entropy[valid], percent)
         dropped = entropy.ge(thresh) & valid
         target = target.clone()
-        target[dropped] = IGNORE
+        target.masked_fill_(dropped, IGNORE)  # not `target[dropped] = ...`: no host sync
         weight = batch_size * h * w / torch.sum(target != IGNORE)
     ce = F.cross_entropy(pred, target, ignore_index=IGNORE)
     info = {
@@ -167,7 +167,7 @@ def label_onehot(labels: Tensor, num_classes: int, onehot: str = "official") -> 
         return out * (~ignored).unsqueeze(1)
     out = torch.zeros((num_classes, batch_size, h, w), device=labels.device)
     out.scatter_(0, safe.unsqueeze(1), 1.0)
-    out[:, ignored] = 0
+    out.masked_fill_(ignored.unsqueeze(0), 0)  # `out[:, ignored] = 0` without a host sync
     return out.permute(1, 0, 2, 3)
 
 
@@ -365,7 +365,11 @@ def contra_memobank_loss(
             reco_loss = reco_loss + 0 * rep.sum()
             continue
         a_idx = draw(len(anchors_per_class[pos]), num_queries)
-        anchor_feat = anchors_per_class[pos][a_idx.to(rep.device)]
+        # index_select, not `anchors[a_idx]`: the drawn indices repeat, and the backward of
+        # advanced indexing accumulates them with parallel atomic adds on a multi-threaded
+        # CPU (run-to-run noise ~1e-7); index_add sums each row in index order, the same
+        # values as indexing under torch.use_deterministic_algorithms.
+        anchor_feat = torch.index_select(anchors_per_class[pos], 0, a_idx.to(rep.device))
         with torch.no_grad():
             negative_feat = negatives_bank.to(rep.device)
             n_idx = draw(len(negative_feat), num_queries * num_negatives)

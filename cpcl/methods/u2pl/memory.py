@@ -5,8 +5,10 @@ One FIFO queue of teacher representations per class. The official update
 the queue then holds `>= queue_size` rows only the last `queue_size` are kept and the pointer
 is set to `queue_size`, otherwise `ptr = (ptr + n) % queue_size`. The pointer never selects
 rows (the queue is a plain truncating FIFO); it is kept because it is part of the official
-state. The queues live on the CPU, as officially; they are saved in checkpoints
-(`state_dict`) so that a resumed run samples the same negatives.
+state. Officially the queues live on the CPU; here they live on the device of the keys (the
+same rows, no device-host copy per class and iteration, and no host-device copy of a whole
+queue per sampled class); `state_dict` saves them on the CPU, and a resumed run samples the
+same negatives.
 """
 
 from __future__ import annotations
@@ -105,10 +107,10 @@ class ClassMemoryBank:
                 f"memory bank class {cls}: keys of shape {tuple(keys.shape)}, "
                 f"expected (n, {self.feat_dim})"
             )
-        gathered = torch.cat([k.detach().cpu() for k in self.gather(keys.detach())], dim=0)
+        gathered = torch.cat([k.detach() for k in self.gather(keys.detach())], dim=0)
         n = gathered.shape[0]
         size = self.queue_sizes[cls]
-        queue = torch.cat((self.queues[cls], gathered), dim=0)
+        queue = torch.cat((self.queues[cls].to(gathered.device), gathered), dim=0)
         if queue.shape[0] >= size:
             self.queues[cls] = queue[-size:, :]
             self.queue_ptr[cls] = size
@@ -120,7 +122,7 @@ class ClassMemoryBank:
     def state_dict(self) -> dict[str, Any]:
         """Plain data (tensors and ints) for a checkpoint; exact resume needs all of it."""
         return {
-            "queues": [q.clone() for q in self.queues],
+            "queues": [q.detach().cpu().clone() for q in self.queues],
             "queue_ptr": torch.tensor(self.queue_ptr, dtype=torch.long),
             "queue_size": torch.tensor(self.queue_sizes, dtype=torch.long),
             "feat_dim": self.feat_dim,

@@ -102,7 +102,7 @@ def generate_unsup_data(
             mask = cutmix_box_mask(im_h, im_w, rng).to(images.device)
         masks.append(mask)
         if mode == "cutout":
-            labels[i][(1 - mask).bool()] = IGNORE
+            labels[i].masked_fill_((1 - mask).bool(), IGNORE)  # no host sync
             new_images.append((images[i] * mask).unsqueeze(0))
             new_labels.append(labels[i].unsqueeze(0))
             new_conf.append((conf[i] * mask).unsqueeze(0))

@@ -127,6 +127,7 @@ class UniMatch(Method):
 
     name = "unimatch"
     batch_keys = UniMatchView.keys
+    capturable: ClassVar[bool] = True  # no host sync in the iteration (tests/test_cuda_graphs.py)
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "voc": {**_official("pascal"), **_SPEED_DEFAULTS},
         "cityscapes": {**_official("cityscapes"), **_SPEED_DEFAULTS},

@@ -294,3 +294,44 @@ def test_sup_loss_ohem_with_aux():
     torch.testing.assert_close(
         ce(pred, target), torch.nn.functional.cross_entropy(pred, target, ignore_index=255)
     )
+
+
+def _contra_grad_synthetic(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    b, feat, h, w, classes = 2, 256, 8, 8, 4
+    rep = torch.randn(2 * b, feat, h, w, generator=g).requires_grad_(True)
+    labels = torch.randint(0, classes, (2 * b, h, w), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2)
+    prob = torch.softmax(torch.randn(2 * b, classes, h, w, generator=g), dim=1)
+    ones = torch.ones(2 * b, 1, h, w)
+    # 256 queries x 256 features: the anchor gather is large enough for a parallel backward.
+    settings = ContraSettings(low_rank=1, high_rank=4, num_queries=256, num_negatives=4)
+    bank = ClassMemoryBank([64] * classes, feat)
+    torch.manual_seed(seed)
+    loss = contra_memobank_loss(
+        rep,
+        onehot[:b],
+        onehot[b:],
+        prob[:b],
+        prob[b:],
+        ones,
+        ones,
+        torch.randn(2 * b, feat, h, w, generator=g),
+        bank,
+        settings,
+    )
+    loss.backward()
+    return rep.grad
+
+
+def test_contra_gradient_is_identical_from_run_to_run():
+    # The anchors are drawn with repeats; their gradient must not depend on thread timing
+    # (advanced-indexing backward on 2+ CPU threads accumulates with atomic adds: ~1e-7).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = _contra_grad_synthetic(0), _contra_grad_synthetic(0)
+    finally:
+        torch.set_num_threads(threads)
+    assert first.abs().sum() > 0
+    assert torch.equal(first, second)

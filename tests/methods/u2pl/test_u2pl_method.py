@@ -101,6 +101,18 @@ def test_bad_settings_raise_named_errors(arg, match):
         apply_overrides(load_preset("voc"), ["--method=u2pl", arg])
 
 
+def test_one_image_per_process_is_refused_at_start_up():
+    # batch 1: refused with the config (the teacher's plain BatchNorm would raise mid-run).
+    with pytest.raises(ConfigError, match=r"batch_size = 1.*at least 2"):
+        apply_overrides(load_preset("voc"), ["--method=u2pl", "--batch_size=1"])
+    # batch 2 on 2 processes: refused at start-up, naming the key and the process count.
+    C = apply_overrides(load_preset("voc"), ["--method=u2pl", "--batch_size=2"])
+    U2PL.check_per_rank_batch(C, 1)
+    with pytest.raises(ConfigError, match=r"batch_size = 2 over 2 process.*at least 2"):
+        U2PL.check_per_rank_batch(C, 2)
+    get_method("cps").check_per_rank_batch(C, 2)  # one image per process is fine elsewhere
+
+
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy_voc")
@@ -199,6 +211,42 @@ def test_eval_net_from_checkpoint_is_the_teacher(toy_root, tmp_path, reference_r
     with torch.no_grad():
         out = net(torch.randn(1, 3, 30, 34))
     assert out.shape == (1, 4, 30, 34)
+
+
+def _tiny_semi_run(extra: list[str], iters: int = 3) -> dict:
+    """`iters` semi-supervised train_steps on seeded random batches; student, teacher, bank."""
+    C = finalize(apply_overrides(load_preset("voc"), [*TINY, "--u2pl_sup_only_epoch=0", *extra]))
+    method = U2PL.from_config(C, per_rank_batch=2)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = method.build_model()
+    opts = method.build_optimizers(model)
+    method.setup(model)
+    g = torch.Generator().manual_seed(1000)
+    for it in range(iters):  # iteration 0..1: teacher copy, then EMA
+        step = StepInfo(it // 2, it, 2, 6)
+        batch = {
+            "img": torch.randn(2, 3, 32, 32, generator=g),
+            "gt": torch.randint(0, 4, (2, 32, 32), generator=g),
+            "img_u": torch.randn(2, 3, 32, 32, generator=g),
+        }
+        method.set_lr(opts, step)
+        engine.train_step(model, opts, batch, method=method, step=step)
+    state = method.state_dict()
+    return {"model": model.state_dict(), "teacher": state["teacher"], "bank": state["bank"]}
+
+
+def test_two_runs_with_one_seed_are_identical_on_two_threads():
+    # 256 anchors per class (the official count): the contrastive gather is large enough for
+    # torch's parallel backward, whose atomic adds made runs differ by ~1e-6 before.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [_tiny_semi_run(["--u2pl_num_queries=256"], iters=1) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(q.shape[0] for q in runs[0]["bank"]["queues"]) > 0
+    _assert_same(*runs)
 
 
 # --- two gloo ranks ---------------------------------------------------------------------------
