@@ -167,6 +167,10 @@ class CoSA(Method):
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = DEFAULTS
     config_keys: ClassVar[Mapping[str, Any]] = CONFIG_KEYS
     config_help: ClassVar[Mapping[str, str]] = CONFIG_HELP
+    not_capturable_because: ClassVar[str] = (
+        "host reads in the pseudo labels and the energy loss (crop boxes and present classes per "
+        "image, the permutohedral lattice's data-dependent size; docs/gpu.md)"
+    )
 
     def __init__(
         self,
