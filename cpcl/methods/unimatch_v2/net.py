@@ -76,7 +76,8 @@ class CompDropDraws(NamedTuple):
     """The random draws of one `comp_drop` forward (the official locals of `dpt.py:149-160`)."""
 
     binomial_sample: Tensor  # (B/2, D) float32 0/1, drawn first
-    kept_indexes: Tensor  # int64, the first int(B/2 * 0.5) of randperm(B/2), drawn second
+    randperm: Tensor  # int64 randperm(B/2), drawn second
+    kept_indexes: Tensor  # its first int(B/2 * 0.5) entries: pairs that keep every channel
     dropout_mask: Tensor  # (B, D) float32: cat(2*b, 2 - 2*b) with the kept rows set to 1
 
 
@@ -99,10 +100,11 @@ def draw_comp_drop(bs: int, dim: int, generator: torch.Generator | None = None) 
     )
     mask1 = sample * 2.0
     mask2 = 2.0 - mask1
-    kept = torch.randperm(half, generator=generator)[: int(half * (1 - 0.5))]
+    perm = torch.randperm(half, generator=generator)
+    kept = perm[: int(half * (1 - 0.5))]
     mask1[kept, :] = 1.0
     mask2[kept, :] = 1.0
-    return CompDropDraws(sample, kept, torch.cat((mask1, mask2)))
+    return CompDropDraws(sample, perm, kept, torch.cat((mask1, mask2)))
 
 
 class UniMatchV2Net(nn.Module):
