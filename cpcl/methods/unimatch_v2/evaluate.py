@@ -37,6 +37,7 @@ __all__ = [
     "EVAL_MODES",
     "OFFICIAL_MULTIPLIER",
     "BestTracker",
+    "Multiple14",
     "evaluate_student_and_teacher",
     "evaluate_unimatch_v2",
     "multiple_of",
@@ -75,6 +76,30 @@ def sliding_windows(h: int, w: int, grid: int) -> list[tuple[int, int]]:
     """[row, col] of every window in the official order (negative starts for small images)."""
     cols = _starts(w, grid)
     return [(row, col) for row in _starts(h, grid) for col in cols]
+
+
+class Multiple14(torch.nn.Module):
+    """`net` on any input size: an input whose sides are not multiples of 14 is resized to
+    the nearest multiples (`multiple_of`, bilinear, align_corners=True) and the logits are
+    resized back, i.e. the official `original` step; sides that are multiples run as they are.
+
+    The official network asserts multiples of 14; this lets the project's evaluator (sliding
+    windows of any size) and `eval.py` run on it. Under the official protocol the inputs are
+    already multiples of 14 and nothing changes.
+    """
+
+    def __init__(self, net: torch.nn.Module, multiplier: int = OFFICIAL_MULTIPLIER) -> None:
+        super().__init__()
+        self.net, self.multiplier = net, multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B,C,H,W) at the input size."""
+        h, w = x.shape[-2:]
+        size = multiple_of(h, w, self.multiplier)
+        if size == (h, w):
+            return self.net(x)
+        out = self.net(F.interpolate(x, size, mode="bilinear", align_corners=True))
+        return F.interpolate(out, (h, w), mode="bilinear", align_corners=True)
 
 
 @torch.no_grad()
