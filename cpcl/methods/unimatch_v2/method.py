@@ -203,7 +203,6 @@ class UniMatchV2(Method):
                 f"C.backbone = {C.get('backbone')!r}: UniMatch V2 builds DINOv2 encoders; "
                 f"expected one of {', '.join(BACKBONES)}"
             )
-        _check_pretrained_matches(C)
         if C.get("image_height") != C.get("image_width"):
             raise ConfigError(
                 f"C.image_height = {C.get('image_height')} and C.image_width = "
@@ -282,6 +281,7 @@ class UniMatchV2(Method):
         s = self._need(self.model_settings, "model settings")
         net = build_unimatch_v2_net(s.backbone, s.num_classes)
         if pretrained and s.pretrained:
+            _check_pretrained_matches(s.pretrained, s.backbone)
             load_dinov2_pretrained(net, s.pretrained)
         if s.lock_backbone:
             lock_backbone(net)
@@ -397,18 +397,16 @@ class UniMatchV2(Method):
         self.best.load_state_dict(state["best"])
 
 
-def _check_pretrained_matches(C: Any) -> None:
-    """An official `dinov2_<size>.pth` file name must match `C.backbone` (the default file
-    follows the default backbone; `--backbone` alone would load the wrong size)."""
-    path = C.get("pretrained_model")
-    if not path:
-        return
+def _check_pretrained_matches(path: str, backbone: str) -> None:
+    """An official `dinov2_<size>.pth` file name must match the backbone (the default file
+    follows the default backbone; `--backbone` alone would load the wrong size). Checked when
+    the file is loaded, not in `check_config`: evaluation never reads it."""
     stem = os.path.splitext(os.path.basename(str(path)))[0]
-    if stem in BACKBONES and stem != C.get("backbone"):
+    if stem in BACKBONES and stem != backbone:
         raise ConfigError(
-            f"C.pretrained_model = {path!r} is the {stem} file but C.backbone = "
-            f"{C.get('backbone')!r}; expected --pretrained_model=pretrained/{C.get('backbone')}.pth "
-            "(or None: no pretrained encoder)"
+            f"C.pretrained_model = {path!r} is the {stem} file but C.backbone = {backbone!r}; "
+            f"expected --pretrained_model=pretrained/{backbone}.pth (or None: no pretrained "
+            "encoder)"
         )
 
 
