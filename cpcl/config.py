@@ -43,7 +43,7 @@ from .errors import ConfigError
 from .methods import get_method, method_names
 from .presets.keys import KEY_HELP
 
-PRESETS = ("voc", "cityscapes")
+PRESETS = ("voc", "cityscapes", "ade20k")
 
 # Types of keys whose preset default is None (so the type cannot be read off the default).
 _NONE_DEFAULT_TYPES: dict[str, type] = {
@@ -376,6 +376,13 @@ def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
     """The official list files for `C.labeled_ratio` under `C.dataset_path` (CPS layout)."""
     root = C.dataset_path
     r = C.labeled_ratio
+    if C.dataset_name == "ade20k":  # UniMatch V2's splits/ade20k/ copied to <root>/splits
+        sub = os.path.join(root, "splits", f"1_{r}")
+        return (
+            os.path.join(sub, "labeled.txt"),
+            os.path.join(sub, "unlabeled.txt"),
+            os.path.join(root, "splits", "val.txt"),
+        )
     if C.dataset_name == "voc":
         sub = os.path.join(root, "subset_train_aug")
         return (
@@ -409,9 +416,8 @@ def finalize(
     base = os.path.abspath(root or os.getcwd())
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if C.dataset_path is None:
-        C.dataset_path = os.path.join(
-            repo, "DATA", "pascal_voc" if C.dataset_name == "voc" else "city"
-        )
+        folder = {"voc": "pascal_voc", "ade20k": "ade20k"}.get(C.dataset_name, "city")
+        C.dataset_path = os.path.join(repo, "DATA", folder)
     C.dataset_path = os.path.join(base, C.dataset_path)
     C.log_dir = os.path.join(base, C.log_dir)
     if C.snapshot_dir is None:

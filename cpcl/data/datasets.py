@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
 from ..presets.toy import exp_voc_toy_commands
+from .ade20k import ADE20K_CLASSES, ADE20K_TREE
 from .splits import parse_split
 
 IGNORE_INDEX = 255
@@ -95,12 +96,15 @@ def _norm_name(dataset_name: str) -> str:
         return "voc"
     if key in ("cityscapes", "city"):
         return "cityscapes"
-    raise DataError(f"dataset_name={dataset_name!r}: expected 'voc' or 'cityscapes'")
+    if key == "ade20k":
+        return "ade20k"
+    raise DataError(f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes' or 'ade20k'")
 
 
 def palette_for(dataset_name: str) -> np.ndarray:
-    """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black."""
-    if _norm_name(dataset_name) == "voc":
+    """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black;
+    ADE20K has no official colours and uses the VOC map (cpcl.data.ade20k)."""
+    if _norm_name(dataset_name) in ("voc", "ade20k"):
         return voc_palette()
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(CITYSCAPES_COLORS)] = np.array(CITYSCAPES_COLORS, dtype=np.uint8)
@@ -108,8 +112,11 @@ def palette_for(dataset_name: str) -> np.ndarray:
 
 
 def class_names(dataset_name: str) -> tuple[str, ...]:
-    """The class names of `dataset_name` in class-index order (official furnace names)."""
-    return VOC_CLASSES if _norm_name(dataset_name) == "voc" else CITYSCAPES_CLASSES
+    """The class names of `dataset_name` in class-index order (official furnace names;
+    ADE20K: UniMatch V2's)."""
+    return {"voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES}[
+        _norm_name(dataset_name)
+    ]
 
 
 def resolve_class_names(
@@ -150,7 +157,8 @@ def expected_tree(dataset_name: str | None) -> str:
     """Human-readable folder tree expected under the dataset root (for error messages)."""
     if dataset_name is None:
         return VOC_TREE + "\n\nor\n\n" + CITYSCAPES_TREE
-    return VOC_TREE if _norm_name(dataset_name) == "voc" else CITYSCAPES_TREE
+    trees = {"voc": VOC_TREE, "cityscapes": CITYSCAPES_TREE, "ade20k": ADE20K_TREE}
+    return trees[_norm_name(dataset_name)]
 
 
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xda", b"\xff\xd9"

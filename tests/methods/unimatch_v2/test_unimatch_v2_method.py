@@ -5,6 +5,7 @@ both protocols)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from conftest import StopAfter
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.data.datasets import class_names, expected_tree, palette_for
+from cpcl.data.splits import read_split
 from cpcl.data.toy import make_toy_voc
 from cpcl.errors import CheckpointError
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method, method_names
@@ -65,7 +68,9 @@ def test_registered():
     assert set(UniMatchV2.backbone_choices) == set(BACKBONES)
 
 
-@pytest.mark.parametrize(("dataset", "preset"), [("voc", "pascal"), ("cityscapes", "cityscapes")])
+@pytest.mark.parametrize(
+    ("dataset", "preset"), [("voc", "pascal"), ("cityscapes", "cityscapes"), ("ade20k", "ade20k")]
+)
 def test_official_settings_unless_overridden(dataset, preset):
     p = UNIMATCH_V2_PRESETS[preset]
     C = apply_overrides(load_preset(dataset), ["--method=unimatch_v2"])
@@ -91,13 +96,33 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.lr == 0.123 and C.unimatch_v2_conf_thresh == 0.5 and C.nepochs == p["epochs"]
 
 
-def test_ade20k_and_coco_defaults_wait_for_their_presets():
-    for dataset, preset in (("ade20k", "ade20k"), ("coco", "coco")):
-        d, p = UniMatchV2.defaults[dataset], UNIMATCH_V2_PRESETS[preset]
-        assert d["image_height"] == p["crop_size"] and d["nepochs"] == p["epochs"]
-        assert d["batch_size"] == 4 * p["batch_size"]
-        assert d["unimatch_v2_lock_backbone"] is p["lock_backbone"]
-    assert UniMatchV2.defaults["ade20k"]["unimatch_v2_lock_backbone"] is True
+def test_coco_defaults_wait_for_the_coco_preset():
+    d, p = UniMatchV2.defaults["coco"], UNIMATCH_V2_PRESETS["coco"]
+    assert d["image_height"] == p["crop_size"] == 518 and d["nepochs"] == p["epochs"] == 20
+    assert d["batch_size"] == 4 * p["batch_size"] and d["sup_loss"] == "ce"
+    assert d["unimatch_v2_lock_backbone"] is p["lock_backbone"] is False
+
+
+def test_ade20k_preset_names_layout_and_splits(tmp_path):
+    C = finalize(load_preset("ade20k"), root=tmp_path)
+    assert C.num_classes == len(class_names("ade20k")) == 150
+    assert class_names("ade20k")[:3] == ("wall", "building", "sky") and "bed" in class_names(
+        "ade20k"
+    )
+    assert palette_for("ade20k").shape == (256, 3)
+    assert C.train_source.endswith(os.path.join("splits", "1_8", "labeled.txt"))
+    assert C.eval_source.endswith(os.path.join("splits", "val.txt"))
+    assert "annotations/{training,validation}" in expected_tree("ade20k")
+
+
+def test_official_v2_split_lists_parse(splits_dir):
+    root = splits_dir / "LiheYoung-UniMatch-V2" / "splits"
+    train = read_split(root / "cityscapes" / "all" / "train.txt")
+    extra = read_split(root / "cityscapes" / "all" / "unlabeled.txt")
+    voc = read_split(root / "pascal" / "all" / "labeled.txt")
+    assert (len(train), len(extra), len(voc)) == (2975, 19998, 10582)
+    assert all(label is None for _, label in extra) and all(label for _, label in voc)
+    assert not {img for img, _ in train} & {img for img, _ in extra}
 
 
 @pytest.mark.parametrize(
