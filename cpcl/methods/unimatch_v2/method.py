@@ -50,7 +50,14 @@ from torch import Tensor, nn
 from ...checkpoint import unwrap
 from ...errors import CheckpointError, ConfigError
 from ..base import Method, OfficialEvaluator, StepInfo
-from .evaluate import EVAL_MODES, OFFICIAL_MULTIPLIER, BestTracker, Multiple14, evaluate_unimatch_v2
+from .evaluate import (
+    EVAL_MODES,
+    OFFICIAL_MULTIPLIER,
+    BestTracker,
+    Multiple14,
+    evaluate_student_and_teacher,
+    evaluate_unimatch_v2,
+)
 from .losses import build_criterion_l
 from .net import BACKBONES, build_unimatch_v2_net, load_dinov2_pretrained, lock_backbone
 from .presets import UNIMATCH_V2_PRESETS
@@ -365,6 +372,19 @@ class UniMatchV2(Method):
         input size (`Multiple14`)."""
         net = self._need_teacher() if self.eval_choice == "ema" else unwrap(model)
         return Multiple14(net)
+
+    def evaluate_both(
+        self, model: nn.Module, dataset: Any, epoch: int, C: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """The official end of an epoch (`unimatch_v2.py:239-262`): the student and the EMA
+        teacher, each through the official protocol of `C` (`Multiple14`-wrapped), then the
+        best tracking in `self.best` (saved in `method_state`). `kwargs` go to
+        `evaluate_unimatch_v2` (device, progress). For a generic "evaluate every network and
+        keep the best" hook of the engine."""
+        student = Multiple14(unwrap(model))
+        teacher = Multiple14(self._need_teacher())
+        settings = {**unimatch_v2_eval_settings(C), **kwargs}
+        return evaluate_student_and_teacher(student, teacher, dataset, self.best, epoch, **settings)
 
     @classmethod
     def official_evaluator(cls, C: Any) -> OfficialEvaluator:

@@ -16,13 +16,14 @@ from conftest import StopAfter
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
-from cpcl.data.datasets import class_names, expected_tree, palette_for
+from cpcl.data.datasets import build_dataset, class_names, expected_tree, palette_for
 from cpcl.data.splits import read_split
 from cpcl.data.toy import make_toy_voc
 from cpcl.errors import CheckpointError
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method, method_names
 from cpcl.methods.unimatch.views import aug_rng, labeled_view, unlabeled_views
 from cpcl.methods.unimatch_v2 import UniMatchV2, unimatch_v2_eval_settings
+from cpcl.methods.unimatch_v2.evaluate import Multiple14, evaluate_unimatch_v2
 from cpcl.methods.unimatch_v2.net import BACKBONES
 from cpcl.methods.unimatch_v2.presets import UNIMATCH_V2_PRESETS
 from cpcl.methods.unimatch_v2.schedule import lr_for_step
@@ -237,6 +238,28 @@ def test_method_state_needs_setup_and_its_own_keys(toy_root, tmp_path):
     method.setup(method.build_model(pretrained=False))
     with pytest.raises(CheckpointError, match="teacher"):
         method.load_state_dict({"model_ema": {}})
+
+
+def test_evaluate_both_networks_and_track_the_best(toy_root, tmp_path):
+    """The official end of an epoch: model and EMA model, best epochs, in `method_state`."""
+    C = finalize(_config(toy_root, tmp_path), root=str(tmp_path))
+    method = UniMatchV2.from_config(C, per_rank_batch=2)
+    torch.manual_seed(0)
+    model = method.build_model(pretrained=False).train()
+    method.setup(model)
+    with torch.no_grad():  # a teacher that predicts class 1 everywhere
+        dict(method.teacher.named_parameters())["head.scratch.output_conv.2.bias"][1] = 1e3
+    data = build_dataset(C, "val")
+    out = method.evaluate_both(model, data, 4, C)
+    assert model.training and not method.teacher.training
+    want = evaluate_unimatch_v2(Multiple14(model.eval()), data, **unimatch_v2_eval_settings(C))
+    assert out["miou"] == want["miou"] and torch.equal(out["model"]["hist"], want["hist"])
+    assert (
+        out["ema"]["hist"][:, 1].sum()
+        == out["ema"]["hist"].sum()
+        != out["model"]["hist"][:, 1].sum()
+    )
+    assert out["is_best"] and method.state_dict()["best"]["best_epoch"] == 4
 
 
 # --- end to end: snapshots, exact resume, evaluation -------------------------------------
