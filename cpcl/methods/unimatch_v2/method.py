@@ -72,6 +72,12 @@ from .step import unimatch_v2_forward_loss
 from .views import BATCH_KEYS, UniMatchV2View, UniMatchV2ViewSettings
 
 EVAL_NETS = ("model", "ema")
+# Where the official README (Pre-trained Encoders) sends users for the encoder files.
+DINOV2_URLS = {
+    "dinov2_small": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+    "dinov2_base": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+    "dinov2_large": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
+}
 _GPUS = 4  # the official configs' "per GPU x 4 GPUs"; C.batch_size is global
 _COMP_DROP_STREAM = 0x5F2  # separates the comp_drop seeds from other uses of C.seed
 
@@ -289,6 +295,14 @@ class UniMatchV2(Method):
         net = build_unimatch_v2_net(s.backbone, s.num_classes)
         if pretrained and s.pretrained:
             _check_pretrained_matches(s.pretrained, s.backbone)
+            if not os.path.isfile(s.pretrained):
+                url = DINOV2_URLS.get(s.backbone)
+                get = f"download {url} and save it there" if url else "give an encoder file"
+                raise CheckpointError(
+                    f"C.pretrained_model = {s.pretrained!r}: file not found (relative paths "
+                    f"start at {os.getcwd()}); UniMatch V2 starts from DINOv2's weights: {get}, "
+                    "or pass --pretrained_model=None (a random encoder)"
+                )
             load_dinov2_pretrained(net, s.pretrained)
         if s.lock_backbone:
             lock_backbone(net)

@@ -158,6 +158,19 @@ def test_dinov2_backbones_are_refused_by_resnet_methods():
     )
     with pytest.raises(ConfigError, match="pretrained_model"):
         UniMatchV2.from_config(C, per_rank_batch=2).build_model()
+    # A missing official file says where to get it.
+    C = finalize(
+        apply_overrides(
+            load_preset("voc"),
+            [
+                "--method=unimatch_v2",
+                "--backbone=dinov2_base",
+                "--pretrained_model=nowhere/dinov2_base.pth",
+            ],
+        )
+    )
+    with pytest.raises(CheckpointError, match=r"dinov2_vitb14_pretrain\.pth"):
+        UniMatchV2.from_config(C, per_rank_batch=2).build_model()
 
 
 def test_eval_settings_select_the_protocol():
