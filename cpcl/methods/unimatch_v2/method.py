@@ -292,18 +292,20 @@ class UniMatchV2(Method):
         """The DINOv2 + DPT network; `C.pretrained_model` (an official `dinov2_*.pth`) is
         loaded strictly into its encoder; `lock_backbone` as configured."""
         s = self._need(self.model_settings, "model settings")
-        net = build_unimatch_v2_net(s.backbone, s.num_classes)
-        if pretrained and s.pretrained:
-            _check_pretrained_matches(s.pretrained, s.backbone)
-            if not os.path.isfile(s.pretrained):
+        path = s.pretrained if pretrained else None
+        if path:  # named before the (large) network is built
+            _check_pretrained_matches(path, s.backbone)
+            if not os.path.isfile(path):
                 url = DINOV2_URLS.get(s.backbone)
                 get = f"download {url} and save it there" if url else "give an encoder file"
                 raise CheckpointError(
-                    f"C.pretrained_model = {s.pretrained!r}: file not found (relative paths "
-                    f"start at {os.getcwd()}); UniMatch V2 starts from DINOv2's weights: {get}, "
-                    "or pass --pretrained_model=None (a random encoder)"
+                    f"C.pretrained_model = {path!r}: file not found (relative paths start at "
+                    f"{os.getcwd()}); UniMatch V2 starts from DINOv2's weights: {get}, or pass "
+                    "--pretrained_model=None (a random encoder)"
                 )
-            load_dinov2_pretrained(net, s.pretrained)
+        net = build_unimatch_v2_net(s.backbone, s.num_classes)
+        if path:
+            load_dinov2_pretrained(net, path)
         if s.lock_backbone:
             lock_backbone(net)
         return net
