@@ -6,14 +6,17 @@ both protocols)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import StopAfter
 
 import cpcl.engine as engine
+from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
 from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
 from cpcl.data.datasets import build_dataset, class_names, expected_tree, palette_for
@@ -345,3 +348,64 @@ def test_train_snapshot_exact_resume_and_both_protocols(toy_root, tmp_path, monk
         rc = eval_main(base, ["-e", "last", "-d", "cpu", *extra], root=str(tmp_path))
         assert rc == 0
         assert f"protocol: {label}" in capsys.readouterr().out
+
+
+# --- two processes (gloo): identical parameters, per-rank comp_drop ----------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, toy_root: str, out: str) -> None:
+    from cpcl.data.loaders import build_train_loader
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    cdist.init_distributed("cpu", timeout_s=60)
+    C = finalize(_config(Path(toy_root), Path(out), "--batch_size=4"), root=out)
+    method = UniMatchV2.from_config(C, per_rank_batch=2)
+    loader = build_train_loader(
+        C,
+        rank=rank,
+        world_size=world,
+        labeled=build_dataset(C, "labeled"),
+        unlabeled=build_dataset(C, "unlabeled"),
+        view=method.data_view(),
+    )
+    torch.manual_seed(100 + rank)  # different local init: the broadcast must make them equal
+    model = method.build_model().train()
+    cdist.broadcast_module(model)
+    opts = method.build_optimizers(model)
+    method.setup(model)
+    loader.set_epoch(0)
+    for it, batch in enumerate(loader):
+        step = StepInfo(0, it, len(loader), len(loader))
+        method.set_lr(opts, step)
+        engine.train_step(
+            model, opts, batch, method=method, step=step,
+            grad_sync=lambda: cdist.allreduce_grads(model),
+        )  # fmt: skip
+    draws = torch.rand(8, generator=method.comp_drop_generator(StepInfo(0, 0, 2, 2)))
+    torch.save(
+        {
+            "model": {k: v.detach().clone() for k, v in model.named_parameters()},
+            "teacher": method.teacher.state_dict(),
+            "draws": draws,
+        },
+        f"{out}/rank{rank}.pt",
+    )
+    cdist.cleanup()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_student_and_teacher_identical(toy_root, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(toy_root), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    _equal_states(r0["model"], r1["model"])  # the unused parameters' missing grads included
+    _equal_states(r0["teacher"], r1["teacher"])
+    assert not torch.equal(r0["draws"], r1["draws"])  # each rank its own comp_drop draws
