@@ -21,7 +21,7 @@ Official settings as `defaults` (`configs/*.yaml`; `--key=value` always wins):
 | `unimatch_v2_eval_mode` | original | sliding_window | original | original |
 | `weight_decay` (AdamW, every parameter) | 0.01 | same | same | same |
 
-(`ade20k` and `coco` apply once those dataset presets exist.)
+(`coco` applies once a coco dataset preset exists; `ade20k` is `cpcl/presets/ade20k.py`.)
 
 Decisions where the official code has no counterpart:
 
