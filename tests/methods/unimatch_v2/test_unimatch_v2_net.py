@@ -12,7 +12,7 @@ from conftest import load_golden, max_rel_diff
 from test_unimatch_v2_keys import tiny_config_overrides
 
 from cpcl.checkpoint import load_weights
-from cpcl.errors import CheckpointError, ConfigError
+from cpcl.errors import CheckpointError, ConfigError, CpclError
 from cpcl.methods.unimatch_v2.dinov2 import DinoVisionTransformer
 from cpcl.methods.unimatch_v2.net import (
     BACKBONES,
@@ -23,6 +23,7 @@ from cpcl.methods.unimatch_v2.net import (
     lock_backbone,
     param_groups,
 )
+from cpcl.methods.unimatch_v2.toy_pretrain import pretrain_toy_dinov2
 
 # Golden README, "forward_unimatch_v2.pt": float32 keys at 1e-5 relative to the tensor's max
 # magnitude, `*_fp64` at 1e-9, `pos_interp.outputs` at 1e-6; draws exact.
@@ -251,3 +252,17 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ConfigError, match="intermediate_layer_idx"):
         build_unimatch_v2_net("dinov2_toy", 3, intermediate_layer_idx=(1, 2, 4, 6))
     assert set(BACKBONES) >= {"dinov2_small", "dinov2_base", "dinov2_large", "dinov2_toy"}
+
+
+def test_toy_pretrain_writes_an_official_layout_encoder(tmp_path):
+    out = tmp_path / "dinov2_toy_seed0.pth"
+    path = pretrain_toy_dinov2(out, iters=2, batch_size=2, warmup=1, progress=False)
+    model = _toy(6)
+    load_dinov2_pretrained(model, path)  # strict: the official encoder names
+    stamp = path.stat().st_mtime_ns
+    assert pretrain_toy_dinov2(out, iters=2, batch_size=2, warmup=1, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp  # the same settings reuse the cached file
+    with pytest.raises(CpclError, match="multiple of 14"):
+        pretrain_toy_dinov2(tmp_path / "x.pth", size=60, progress=False)
+    with pytest.raises(CpclError, match="iters=0"):
+        pretrain_toy_dinov2(tmp_path / "x.pth", iters=0, progress=False)
