@@ -9,7 +9,7 @@ What is kept from the official code, and why:
   the forward (it is in the pretrained files, so it is kept and gets no gradient).
 * `block_chunks=0`, no register tokens, LayerScale (`init_values=1.0`), LayerNorm eps 1e-6,
   exact GELU, qkv with bias, drop rates 0 (UniMatch V2 sets none, so no DropPath here).
-* Attention is the plain path (`attention.py:55-64`, what `MemEffAttention` runs without
+* Attention is the plain path (`attention.py:49-62`, what `MemEffAttention` runs without
   xformers): `softmax((q * scale) @ k^T) @ v`, the scale applied to q before the product.
 * Position embedding (`dinov2.py:179-210`): returned as is only for a square input with the
   pretraining patch count; otherwise the grid is resized by bicubic `F.interpolate` with
@@ -55,7 +55,7 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, the official plain path (`attention.py:55-64`)."""
+    """Multi-head self-attention, the official plain path (`attention.py:49-62`)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -176,7 +176,7 @@ class DinoVisionTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """The official init (`dinov2.py:171-176`): trunc-normal(0.02) `pos_embed` and Linear
+        """The official init (`dinov2.py:172-177`): trunc-normal(0.02) `pos_embed` and Linear
         weights with zero biases, normal(1e-6) `cls_token`; the rest keeps PyTorch's init."""
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -226,7 +226,7 @@ class DinoVisionTransformer(nn.Module):
         self, x: Tensor, n: int | Sequence[int] = 1, norm: bool = True
     ) -> tuple[Tensor, ...]:
         """Outputs of the blocks `n` (indices, or the last `n`), each through the final `norm`
-        when `norm`, cls token dropped: a tuple of (B, ph*pw, D) (`dinov2.py:276-308`)."""
+        when `norm`, cls token dropped: a tuple of (B, ph*pw, D) (`dinov2.py:271-321`)."""
         depth = len(self.blocks)
         take = set(range(depth - n, depth) if isinstance(n, int) else n)
         if not take or min(take) < 0 or max(take) >= depth:

@@ -5,7 +5,7 @@ LiheYoung/UniMatch-V2@f6afb4d), with the official state-dict names.
 * `resize_layers`: ConvTranspose k4 s4, ConvTranspose k2 s2, Identity, Conv 3x3 s2 p1
   (scales x4, x2, x1, /2 of the patch grid).
 * `scratch.layer{1..4}_rn`: 3x3 convs without bias -> `features` (`_make_scratch`, expand False).
-* `scratch.refinenet{1..4}`: FeatureFusionBlock (`blocks.py:265-320`) with ReLU, no BN,
+* `scratch.refinenet{1..4}`: FeatureFusionBlock (`blocks.py:83-148`) with ReLU, no BN,
   bilinear align_corners=True. `refinenet4` is called with one input, so its `resConfUnit1`
   is never used (it stays in the state dict and gets no gradient).
 * `scratch.output_conv`: 3x3 conv, ReLU, 1x1 conv -> nclass, at 8x the patch grid.

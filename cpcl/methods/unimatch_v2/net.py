@@ -54,8 +54,8 @@ def _cfg(size: str, dim: int, depth: int, heads: int, idx: tuple, feat: int, out
     )
 
 
-# Official configs: encoder sizes from `model/backbone/dinov2.py:327-417` (img_size 518 =
-# pretraining grid 37x37), layer indices from `dpt.py:125-130`, DPT `features`/`out_channels`
+# Official configs: encoder sizes from `model/backbone/dinov2.py:341-417` (img_size 518 =
+# pretraining grid 37x37), layer indices from `dpt.py:123-128`, DPT `features`/`out_channels`
 # from `unimatch_v2.py:54-59`. The giant size (SwiGLU FFN) has no UniMatch V2 config file.
 # `dinov2_toy` is the fixtures' `tiny` config (pretraining grid 3x3 at img_size 42), for tests
 # and the toy benchmark.
