@@ -17,8 +17,9 @@ The result is cached next to a JSON file of the settings that made it.
 The defaults differ from the ResNet's (400 iterations, "standard" scenes) because the ViT learns
 far more slowly from scratch. Measured on this shared CPU (one thread per run, load ~10; the
 mIoU of the full pre-training network on 64 fresh 56 px scenes of the 15 pre-training objects,
-16 classes with background, IoU pooled over the scenes, mean over the classes present): "standard" scenes stayed at background only (mIoU 0.05-0.07) after
-400-1500 iterations at lr 3e-4..5e-3, also with a wider encoder or head; "easy" scenes (the
+16 classes with background, IoU pooled over the scenes, mean over the classes present):
+"standard" scenes stayed at background only (mIoU 0.05-0.07) after 400-1500 iterations at lr
+3e-4..5e-3, also with a wider encoder or head; "easy" scenes (the
 benchmark's own difficulty) reached 0.10 after 600, 0.25 after 1500 and 0.37 after 3000
 iterations at lr 1e-3, and 0.31 after 1500 and 0.42 after 3000 (236 s) at lr 2e-3 with 50
 warm-up iterations (the defaults).
