@@ -43,9 +43,9 @@ from .errors import ConfigError
 from .methods import get_method, method_names
 from .presets.keys import KEY_HELP
 
-PRESETS = ("voc", "cityscapes", "coco")
+PRESETS = ("voc", "cityscapes", "coco", "ade20k")
 # Default dataset folder under <repository>/DATA per preset.
-_DATA_DIRS = {"voc": "pascal_voc", "cityscapes": "city", "coco": "coco"}
+_DATA_DIRS = {"voc": "pascal_voc", "cityscapes": "city", "coco": "coco", "ade20k": "ade20k"}
 
 # Types of keys whose preset default is None (so the type cannot be read off the default).
 _NONE_DEFAULT_TYPES: dict[str, type] = {
@@ -63,9 +63,13 @@ _NONE_DEFAULT_TYPES: dict[str, type] = {
     "class_names": tuple,
 }
 
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+# DINOv2 encoders: only methods whose `backbone_choices` name them build these (unimatch_v2).
+DINOV2_BACKBONES = ("dinov2_small", "dinov2_base", "dinov2_large", "dinov2_giant", "dinov2_toy")
+
 # Keys restricted to a fixed set of values.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "backbone": RESNET_BACKBONES + DINOV2_BACKBONES,
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "eval_branch": ("1", "2", "avg"),
@@ -350,7 +354,15 @@ def validate(C: EasyDict) -> None:
         if key in C and C[key] not in choices:
             raise ConfigError(f"C.{key} = {C[key]!r}: expected one of {', '.join(choices)}")
     if "method" in C:
-        _method_class(C.method).check_config(C)
+        cls = _method_class(C.method)
+        # A method builds the ResNets unless it names its own encoders (`backbone_choices`).
+        allowed = getattr(cls, "backbone_choices", RESNET_BACKBONES)
+        if "backbone" in C and C.backbone not in allowed:
+            raise ConfigError(
+                f"C.backbone = {C.backbone!r}: method {C.method!r} expects one of "
+                f"{', '.join(allowed)}"
+            )
+        cls.check_config(C)
     for key in ("batch_size", "nepochs", "image_height", "image_width", "num_classes"):
         if key in C and (not isinstance(C[key], int) or C[key] < 1):
             raise ConfigError(f"C.{key} = {C[key]!r}: expected a positive integer")
@@ -366,6 +378,13 @@ def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
     """The official list files for `C.labeled_ratio` under `C.dataset_path` (CPS layout)."""
     root = C.dataset_path
     r = C.labeled_ratio
+    if C.dataset_name == "ade20k":  # UniMatch V2's splits/ade20k/ copied to <root>/splits
+        sub = os.path.join(root, "splits", f"1_{r}")
+        return (
+            os.path.join(sub, "labeled.txt"),
+            os.path.join(sub, "unlabeled.txt"),
+            os.path.join(root, "splits", "val.txt"),
+        )
     if C.dataset_name == "voc":
         sub = os.path.join(root, "subset_train_aug")
         return (

@@ -3,6 +3,7 @@
 Prints a table and one JSON line, e.g.::
 
     python scripts/bench_train.py --method cpcl u2pl unimatch --amp none bf16 --rounds 3
+    python scripts/bench_train.py --method unimatch_v2 --backbone preset --crop 126
 
 Every method is built as training builds it: `get_method(name).from_config(C,
 per_rank_batch=batch)` on the VOC (or Cityscapes) preset with the method's official settings,
@@ -46,7 +47,18 @@ from bench_rounds import (
 
 from cpcl.methods import method_names
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "preset")
+# DINOv2 encoders are UniMatch V2's (crop a multiple of 14, e.g. --crop 126).
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "dinov2_toy",
+    "dinov2_small",
+    "dinov2_base",
+    "dinov2_large",
+    "preset",
+)
 AMPS = ("none", "bf16", "fp16")
 ON_OFF = ("off", "on")
 
@@ -59,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backbone",
         default="resnet50",
         choices=BACKBONES,
-        help="preset: the method's official backbone (U2PL/UniMatch: resnet101)",
+        help="preset: the method's official backbone (U2PL/UniMatch: resnet101, UniMatch V2: "
+        "dinov2_small)",
     )
     p.add_argument("--dataset", default="voc", choices=("voc", "cityscapes"))
     p.add_argument("--crop", type=int, default=128, help="square crop size")

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
 from ..presets.toy import exp_voc_toy_commands
+from .ade20k import ADE20K_CLASSES, ADE20K_TREE
 from .splits import parse_split
 
 IGNORE_INDEX = 255
@@ -120,15 +121,17 @@ def _norm_name(dataset_name: str) -> str:
         return "voc"
     if key in ("cityscapes", "city"):
         return "cityscapes"
-    if key == "coco":
-        return "coco"
-    raise DataError(f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes' or 'coco'")
+    if key in ("coco", "ade20k"):
+        return key
+    raise DataError(
+        f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes', 'coco' or 'ade20k'"
+    )
 
 
 def palette_for(dataset_name: str) -> np.ndarray:
     """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black;
-    COCO uses the PASCAL colour map too (81 distinct colours; CoSA defines none)."""
-    if _norm_name(dataset_name) in ("voc", "coco"):
+    COCO and ADE20K use the PASCAL colour map too (CoSA and UniMatch V2 define none)."""
+    if _norm_name(dataset_name) in ("voc", "coco", "ade20k"):
         return voc_palette()
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(CITYSCAPES_COLORS)] = np.array(CITYSCAPES_COLORS, dtype=np.uint8)
@@ -136,10 +139,15 @@ def palette_for(dataset_name: str) -> np.ndarray:
 
 
 def class_names(dataset_name: str) -> tuple[str, ...]:
-    """The class names of `dataset_name` in class-index order (official furnace names)."""
-    return {"voc": VOC_CLASSES, "coco": COCO_CLASSES}.get(
-        _norm_name(dataset_name), CITYSCAPES_CLASSES
-    )
+    """The class names of `dataset_name` in class-index order (official furnace names;
+    COCO: CoSA's; ADE20K: UniMatch V2's)."""
+    names = {
+        "voc": VOC_CLASSES,
+        "cityscapes": CITYSCAPES_CLASSES,
+        "coco": COCO_CLASSES,
+        "ade20k": ADE20K_CLASSES,
+    }
+    return names[_norm_name(dataset_name)]
 
 
 def resolve_class_names(
@@ -180,7 +188,13 @@ def expected_tree(dataset_name: str | None) -> str:
     """Human-readable folder tree expected under the dataset root (for error messages)."""
     if dataset_name is None:
         return VOC_TREE + "\n\nor\n\n" + CITYSCAPES_TREE
-    return {"voc": VOC_TREE, "coco": COCO_TREE}.get(_norm_name(dataset_name), CITYSCAPES_TREE)
+    trees = {
+        "voc": VOC_TREE,
+        "cityscapes": CITYSCAPES_TREE,
+        "coco": COCO_TREE,
+        "ade20k": ADE20K_TREE,
+    }
+    return trees[_norm_name(dataset_name)]
 
 
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xda", b"\xff\xd9"

@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "sup": "sup",
     "u2pl": "u2pl",
     "unimatch": "unimatch",
+    "unimatch_v2": "unimatch_v2",
 }
 
 __all__ = [
