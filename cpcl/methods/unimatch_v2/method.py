@@ -49,13 +49,12 @@ from torch import Tensor, nn
 
 from ...checkpoint import unwrap
 from ...errors import CheckpointError, ConfigError
-from ..base import Method, OfficialEvaluator, StepInfo
+from ..base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
 from .evaluate import (
     EVAL_MODES,
     OFFICIAL_MULTIPLIER,
     BestTracker,
     Multiple14,
-    evaluate_student_and_teacher,
     evaluate_unimatch_v2,
 )
 from .losses import build_criterion_l
@@ -69,6 +68,7 @@ from .schedule import (
     set_unimatch_v2_lr,
 )
 from .step import unimatch_v2_forward_loss
+from .train_eval import official_epoch_evaluation
 from .views import BATCH_KEYS, UniMatchV2View, UniMatchV2ViewSettings
 
 EVAL_NETS = ("model", "ema")
@@ -98,6 +98,9 @@ def _official(preset: str) -> dict[str, Any]:
         "pretrained_model": os.path.join("pretrained", f"{p['backbone']}.pth"),
         "unimatch_v2_lock_backbone": bool(p["lock_backbone"]),
         "unimatch_v2_eval_mode": p["eval_mode"],
+        # The official loop evaluates model and EMA model after every epoch with its protocol.
+        "eval_protocol": "official",
+        "eval_every": 1,
         "weight_decay": p["weight_decay"],
         "lr_power": 0.9,
         "warm_up_epoch": 0,
@@ -231,6 +234,14 @@ class UniMatchV2(Method):
             raise ConfigError(
                 f"C.warm_up_epoch = {C.warm_up_epoch}: UniMatch V2's poly schedule has no "
                 "warm-up; expected 0"
+            )
+        if C.get("dataset_name") == "coco":
+            # The coco preset reads CoSA's COCO-2014 layout; UniMatch V2 trains on COCO 2017
+            # (`splits/coco/*`: train2017/<id>.jpg masks/<id>.png), which no dataset reads yet.
+            raise ConfigError(
+                "C.dataset_name = 'coco': UniMatch V2's COCO (COCO 2017, its splits/coco lists "
+                "and masks/ folder) is not wired yet; the coco preset is CoSA's COCO-2014 "
+                "layout. Expected voc, cityscapes or ade20k"
             )
 
     @classmethod
@@ -389,18 +400,16 @@ class UniMatchV2(Method):
         net = self._need_teacher() if self.eval_choice == "ema" else unwrap(model)
         return Multiple14(net)
 
-    def evaluate_both(
-        self, model: nn.Module, dataset: Any, epoch: int, C: Any, **kwargs: Any
-    ) -> dict[str, Any]:
-        """The official end of an epoch (`unimatch_v2.py:239-262`): the student and the EMA
-        teacher, each through the official protocol of `C` (`Multiple14`-wrapped), then the
-        best tracking in `self.best` (saved in `method_state`). `kwargs` go to
-        `evaluate_unimatch_v2` (device, progress). For a generic "evaluate every network and
-        keep the best" hook of the engine."""
-        student = Multiple14(unwrap(model))
-        teacher = Multiple14(self._need_teacher())
-        settings = {**unimatch_v2_eval_settings(C), **kwargs}
-        return evaluate_student_and_teacher(student, teacher, dataset, self.best, epoch, **settings)
+    def train_evaluation(self, model: nn.Module, ctx: TrainEvalContext) -> dict[str, Any] | None:
+        """With `eval_protocol=official` (the default): the official end of an epoch, student
+        AND EMA teacher through the official protocol, the best tracking (in `method_state`)
+        and `best.pth` (`train_eval.official_epoch_evaluation`). Otherwise None: the engine
+        evaluates `eval_net` with the project's evaluator."""
+        if ctx.C.get("eval_protocol") != "official":
+            return None
+        return official_epoch_evaluation(
+            unwrap(model), self._need_teacher(), self.best, ctx, unimatch_v2_eval_settings(ctx.C)
+        )
 
     @classmethod
     def official_evaluator(cls, C: Any) -> OfficialEvaluator:

@@ -5,6 +5,8 @@ both protocols)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import socket
 from pathlib import Path
@@ -24,6 +26,7 @@ from cpcl.data.splits import read_split
 from cpcl.data.toy import make_toy_voc
 from cpcl.errors import CheckpointError
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method, method_names
+from cpcl.methods.base import TrainEvalContext
 from cpcl.methods.unimatch.views import aug_rng, labeled_view, unlabeled_views
 from cpcl.methods.unimatch_v2 import UniMatchV2, unimatch_v2_eval_settings
 from cpcl.methods.unimatch_v2.evaluate import Multiple14, evaluate_unimatch_v2
@@ -86,6 +89,7 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.weight_decay == p["weight_decay"] and C.warm_up_epoch == 0
     assert C.unimatch_v2_lock_backbone is p["lock_backbone"]
     assert C.unimatch_v2_eval_mode == p["eval_mode"]
+    assert C.eval_protocol == "official" and C.eval_every == 1  # both networks, every epoch
     if p["criterion"]["name"] == "OHEM":
         kw = p["criterion"]["kwargs"]
         assert C.sup_loss == "ohem" and C.ohem_thresh == kw["thresh"]
@@ -100,8 +104,10 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.lr == 0.123 and C.unimatch_v2_conf_thresh == 0.5 and C.nepochs == p["epochs"]
 
 
-def test_coco_defaults_wait_for_the_coco_preset():
+def test_coco_defaults():
     d, p = UniMatchV2.defaults["coco"], UNIMATCH_V2_PRESETS["coco"]
+    with pytest.raises(ConfigError, match="COCO 2017"):  # the coco preset is CoSA's layout
+        apply_overrides(load_preset("coco"), ["--method=unimatch_v2"])
     assert d["image_height"] == p["crop_size"] == 518 and d["nepochs"] == p["epochs"] == 20
     assert d["batch_size"] == 4 * p["batch_size"] and d["sup_loss"] == "ce"
     assert d["unimatch_v2_lock_backbone"] is p["lock_backbone"] is False
@@ -256,26 +262,51 @@ def test_method_state_needs_setup_and_its_own_keys(toy_root, tmp_path):
         method.load_state_dict({"model_ema": {}})
 
 
-def test_evaluate_both_networks_and_track_the_best(toy_root, tmp_path):
-    """The official end of an epoch: model and EMA model, best epochs, in `method_state`."""
+def test_train_evaluation_scores_both_networks_and_keeps_the_best(toy_root, tmp_path):
+    """The official end of an epoch: model and EMA model, best epochs in `method_state`,
+    best.pth written when the student's mIoU is the best so far (`>=`)."""
     C = finalize(_config(toy_root, tmp_path), root=str(tmp_path))
+    assert C.eval_protocol == "official" and C.eval_every == 1  # the method's defaults
     method = UniMatchV2.from_config(C, per_rank_batch=2)
     torch.manual_seed(0)
     model = method.build_model(pretrained=False).train()
     method.setup(model)
     with torch.no_grad():  # a teacher that predicts class 1 everywhere
         dict(method.teacher.named_parameters())["head.scratch.output_conv.2.bias"][1] = 1e3
-    data = build_dataset(C, "val")
-    out = method.evaluate_both(model, data, 4, C)
-    assert model.training and not method.teacher.training
-    want = evaluate_unimatch_v2(Multiple14(model.eval()), data, **unimatch_v2_eval_settings(C))
-    assert out["miou"] == want["miou"] and torch.equal(out["model"]["hist"], want["hist"])
-    assert (
-        out["ema"]["hist"][:, 1].sum()
-        == out["ema"]["hist"].sum()
-        != out["model"]["hist"][:, 1].sum()
+    ctx = TrainEvalContext(
+        C=C,
+        epoch=4,
+        iteration=10,
+        device=torch.device("cpu"),
+        log=logging.getLogger("test"),
+        snapshot_dir=str(tmp_path),
     )
+    out = method.train_evaluation(model, ctx)
+    assert model.training and not method.teacher.training
+    data = build_dataset(C, "val")
+    want = evaluate_unimatch_v2(Multiple14(model.eval()), data, **unimatch_v2_eval_settings(C))
+    want_ema = evaluate_unimatch_v2(
+        Multiple14(method.teacher), data, **unimatch_v2_eval_settings(C)
+    )
+    assert out["miou"] == want["miou"] and out["miou_ema"] == want_ema["miou"]
+    assert want_ema["hist"][:, 1].sum() == want_ema["hist"].sum() != want["hist"][:, 1].sum()
     assert out["is_best"] and method.state_dict()["best"]["best_epoch"] == 4
+    best = load_checkpoint(tmp_path / "best.pth")
+    assert best["epoch"] == 4 and best["previous_best"] == out["miou"]
+    assert best["best_epoch_ema"] == 4 and best["previous_best_ema"] == out["miou_ema"]
+    _equal_states(best["model"], model.state_dict())
+    _equal_states(best["model_ema"], method.teacher.state_dict())
+    # A worse student epoch keeps best.pth; an equal one replaces it (the official `>=`).
+    (tmp_path / "best.pth").unlink()
+    method.best.previous_best = out["miou"] + 1e-9
+    assert not method.train_evaluation(model, dataclasses.replace(ctx, epoch=5))["is_best"]
+    assert not (tmp_path / "best.pth").exists()
+    method.best.previous_best = out["miou"]
+    assert method.train_evaluation(model, dataclasses.replace(ctx, epoch=6))["is_best"]
+    assert load_checkpoint(tmp_path / "best.pth")["epoch"] == 6
+    # The project's evaluator asked for: the engine's evaluation runs (None).
+    C.eval_protocol = "cpcl"
+    assert method.train_evaluation(model, dataclasses.replace(ctx, C=C)) is None
 
 
 # --- end to end: snapshots, exact resume, evaluation -------------------------------------
