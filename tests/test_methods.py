@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import cpcl.methods.cps as cps_module
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.loaders import build_train_loader
 from cpcl.engine import train_step
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.errors import CpclError
 from cpcl.evaluate import BranchMean
 from cpcl.methods import eval_net_from_checkpoint, get_method, method_names

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import os, sys, pathlib
 import cpcl.engine as engine
+from cpcl.cli import train as train_cli
 from cpcl.config import load_preset
 
 marker = pathlib.Path(sys.argv[1] + os.environ.get("RANK", "0"))
@@ -36,7 +37,7 @@ def step(*args, **kwargs):
     return out
 
 engine.loop.train_step = step  # the name the loop calls
-sys.exit(engine.main(load_preset("voc"), sys.argv[2:]))
+sys.exit(train_cli.main(load_preset("voc"), sys.argv[2:]))
 """
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import describe_sources
 from ..dist import DistInfo, cleanup, init_distributed
 from ..fileio import ensure_writable_dir, remove_stale_temps
 from ..runlog import setup_logger, write_run_info
 from ..snapshots import load_training_state
 from .loop import run_epochs
+from .resolve import describe_sources
 from .setup import build_run, resolve_run_config
 from .signals import stop_on_signals
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..amp import check_amp
-from ..config import finalize
 from ..data.datasets import build_dataset
 from ..data.loaders import build_train_loader
 from ..data.splits import check_disjoint
@@ -22,6 +21,7 @@ from ..errors import CpclError
 from ..methods import get_method
 from ..runlog import Scalars
 from .loop import LoopSettings, TrainState
+from .resolve import finalize
 
 
 def resolve_run_config(C: Any, *, root: str | None) -> tuple[Any, dict[str, Any]]:

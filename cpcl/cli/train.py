@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import apply_overrides, key_help
+from ..engine.resolve import apply_overrides, key_help
+from ..engine.run import fit
 from ..errors import CpclError
 from ..methods import method_names
-from .run import fit
 
 
 def _help_config(C: Any, argv: Sequence[str]) -> str:
