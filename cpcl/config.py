@@ -293,6 +293,20 @@ def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def resolve_weights_path(path: str | None, base: str) -> str | None:
+    """The absolute path of weights file `path` (None stays None).
+
+    A relative path is tried against the experiment folder `base` first, then the repository
+    root (where the shipped defaults such as `DATA/pytorch-weight/resnet50_v1c.pth` live, as in
+    the official configs); the first that exists wins, else the repository-root one (the
+    start-up check then names it).
+    """
+    if path is None or os.path.isabs(path):
+        return path
+    local = os.path.normpath(os.path.join(base, path))
+    return local if os.path.exists(local) else os.path.normpath(os.path.join(REPO_ROOT, path))
+
+
 def fill_derived(
     C: EasyDict,
     method_derived: Callable[[EasyDict], Mapping[str, Any]],
@@ -316,6 +330,7 @@ def fill_derived(
         C.dataset_path = os.path.join(
             REPO_ROOT, "DATA", "pascal_voc" if C.dataset_name == "voc" else "city"
         )
+    C.pretrained_model = resolve_weights_path(C.get("pretrained_model"), base)
     C.dataset_path = os.path.join(base, C.dataset_path)
     C.log_dir = os.path.join(base, C.log_dir)
     if C.snapshot_dir is None:

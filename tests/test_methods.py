@@ -22,6 +22,7 @@ def _small_config(method: str = "cpcl", **kw):
     C = load_preset("voc")
     C.method = method
     C.backbone, C.num_classes = "resnet18", 4
+    C.pretrained_model = None  # random weights: the shipped default names the ImageNet file
     C.image_height = C.image_width = 16
     C.batch_size, C.num_workers, C.nepochs = 2, 0, 2
     for k, v in kw.items():

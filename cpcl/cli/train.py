@@ -1,4 +1,9 @@
-"""The command line of `exp_*/train.py`: `main(C, argv)`."""
+"""The command line of `exp_*/train.py`: `main(C, argv)`.
+
+Exit codes: 0 the run finished, 2 an error stopped the run (printed as `error: ...`), 130 the
+run was interrupted (SIGINT/SIGTERM: `interrupted.pth` written; resume with `-c`), as the shell
+reports a command stopped by Ctrl-C, so `train.py && eval.py` does not evaluate an unfinished run.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from ..engine.resolve import apply_overrides, key_help
 from ..engine.run import fit
 from ..errors import CpclError
 from ..methods import method_names
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells report for a command stopped by Ctrl-C
 
 
 def _help_config(C: Any, argv: Sequence[str]) -> str:
@@ -57,12 +65,12 @@ def main(C: Any, argv: list[str] | None = None) -> int:
         summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *argv])
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if summary["interrupted"]:
         print(
             "training interrupted; resume with: -c "
             + os.path.join(summary["snapshot_dir"], "interrupted.pth")
         )
-    else:
-        print(_finished(summary, rest))
+        return EXIT_INTERRUPTED
+    print(_finished(summary, rest))
     return 0

@@ -9,7 +9,8 @@
 * `setup`: the run's config, split lists of the method's streams, model, loader and state;
 * `resolve`: the method-aware configuration (`apply_overrides`, `finalize`,
   `describe_sources`, ...; the method-free half is `cpcl.config`);
-* `run`: `fit`, the whole run (one process or one torchrun rank).
+* `run`: `fit`, the whole run (one process or one torchrun rank): start-up checks (device,
+  weights file, the checkpoint's method, output folders, the `log_dir` lock), then training.
 
 The command lines (`exp_*/train.py`, `exp_*/eval.py`) are the entry layer `cpcl.cli`, above.
 

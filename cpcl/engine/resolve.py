@@ -10,7 +10,8 @@ Where a value comes from, lowest priority first (`config_sources` names it):
 1. the dataset preset (`cpcl/presets/<dataset>.py`; the official CPCL settings);
 2. the method's official defaults (`Method.defaults[dataset]`), for every key the experiment
    config left at its preset value; the method's own new keys (`Method.config_keys`) are
-   added here;
+   added here. A method without defaults for the dataset is refused, naming the datasets it
+   has (its official settings for another dataset would be silently wrong);
 3. the experiment config (`exp_*/config.py`): a key set there to a value other than the
    preset's wins over the method default (a key set to the preset's own value cannot be told
    apart from an untouched one and takes the method default: override it on the command line);
@@ -20,6 +21,7 @@ Where a value comes from, lowest priority first (`config_sources` names it):
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +47,18 @@ def method_class(name: str) -> type[Method]:
     if name not in method_names():
         raise ConfigError(f"C.method = {name!r}: expected one of {', '.join(method_names())}")
     return get_method(name)
+
+
+def check_method_dataset(C: EasyDict) -> None:
+    """Refuse `C.method` on a dataset its `Method.defaults` has no entry for (a method that
+    declares no defaults at all runs anywhere: its settings are the preset's)."""
+    cls = method_class(C.method)
+    dataset = C.get("dataset_name")
+    if cls.defaults and dataset not in cls.defaults:
+        raise ConfigError(
+            f"C.method = {C.method!r} on C.dataset_name = {dataset!r}: the method has no "
+            f"official settings for this dataset; expected one of {', '.join(cls.defaults)}"
+        )
 
 
 def apply_method_defaults(C: EasyDict, keep: Iterable[str] = ()) -> EasyDict:
@@ -92,6 +106,7 @@ def validate(C: EasyDict) -> None:
     method × dataset check; ConfigError naming the key."""
     validate_generic(C)
     if "method" in C:
+        check_method_dataset(C)
         method_class(C.method).check_config(C)
 
 
@@ -138,6 +153,16 @@ def official_values(C: EasyDict) -> dict[str, Any]:
     return {**preset, **cls.config_keys, **cls.defaults.get(C.get("dataset_name"), {})}
 
 
+def _same(key: str, value: Any, default: Any) -> bool:
+    """`value == default`, except that a finalized (absolute) weights path equals the relative
+    default it was resolved from."""
+    if key == "pretrained_model" and isinstance(value, str) and isinstance(default, str):
+        return os.path.normpath(value).endswith(os.sep + os.path.normpath(default)) or (
+            value == default
+        )
+    return value == default
+
+
 def config_sources(C: EasyDict, argv: Iterable[str] | None = None) -> dict[str, str]:
     """Where each non-preset value of `C` comes from: "command line", "<method> default",
     "experiment config" (or "derived" for the keys `finalize` fills)."""
@@ -152,10 +177,10 @@ def config_sources(C: EasyDict, argv: Iterable[str] | None = None) -> dict[str, 
         elif key in DERIVED_KEYS:
             if preset.get(key) != value:
                 out[key] = "derived"
-        elif key in method_defaults and value == method_defaults[key]:
-            if preset.get(key, object()) != value:
+        elif key in method_defaults and _same(key, value, method_defaults[key]):
+            if not _same(key, value, preset.get(key, object())):
                 out[key] = f"{C.method} default"
-        elif key not in preset or preset[key] != value:
+        elif key not in preset or not _same(key, value, preset[key]):
             out[key] = "experiment config"
     return out
 
