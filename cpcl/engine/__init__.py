@@ -10,7 +10,8 @@
 * `resolve`: the method-aware configuration (`apply_overrides`, `finalize`,
   `describe_sources`, ...; the method-free half is `cpcl.config`);
 * `run`: `fit`, the whole run (one process or one torchrun rank): start-up checks (device,
-  weights file, the checkpoint's method, output folders, the `log_dir` lock), then training.
+  weights file, the checkpoint's method, output folders, the `log_dir` lock), then training;
+* `dry_run`: `train.py --dry_run`, the checks and one iteration without training.
 
 The command lines (`exp_*/train.py`, `exp_*/eval.py`) are the entry layer `cpcl.cli`, above.
 
