@@ -236,7 +236,9 @@ def dry_run(C: Any, *, root: str | None, argv: list[str] | None = None) -> int:
             except CpclError as err:
                 problems.append(str(err))
         else:
-            if F.pretrained_model is not None and not problem:
+            if not problems:  # only another rank found some
+                problems.append("another rank found problems (see its lines)")
+            elif F.pretrained_model is not None and not problem:
                 check_weights_fit(F, info, problems)
             say("the training iteration is skipped: fix the problems below first")
         return _report(problems, say)
