@@ -8,6 +8,11 @@ A config is an `EasyDict` with the official CPCL key names (`C.labeled_ratio`, `
     C = apply_overrides(C, argv)      # method defaults, then --key=value from the command line
     C = finalize(C, root=...)         # derived values (paths, counts, iterations)
 
+This module is the method-free part (presets, parsing, generic checks, the derived values
+given the method's own); it sits below `cpcl.methods` and never imports it. The steps that
+need the method registry (`apply_overrides`, `apply_method_defaults`, `finalize`,
+`config_sources`, `describe_sources`, `key_help`) live in `cpcl.engine.resolve`.
+
 Where a value comes from, lowest priority first:
 
 1. the dataset preset (`cpcl/presets/<dataset>.py`; the official CPCL settings);
@@ -34,14 +39,12 @@ import copy
 import difflib
 import importlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from easydict import EasyDict
 
 from .errors import ConfigError
-from .methods import get_method, method_names
-from .presets.keys import KEY_HELP
 
 PRESETS = ("voc", "cityscapes", "coco", "ade20k")
 # Default dataset folder under <repository>/DATA per preset.
@@ -159,7 +162,7 @@ def _ratio(text: str) -> float:
     return float(num) / float(den)
 
 
-def _parse_args(args: Iterable[str]) -> list[tuple[str, str]]:
+def parse_args(args: Iterable[str]) -> list[tuple[str, str]]:
     pairs = []
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
@@ -167,32 +170,6 @@ def _parse_args(args: Iterable[str]) -> list[tuple[str, str]]:
         key, text = arg[2:].split("=", 1)
         pairs.append((key, text))
     return pairs
-
-
-def _method_class(name: str) -> Any:
-    if name not in method_names():
-        raise ConfigError(f"C.method = {name!r}: expected one of {', '.join(method_names())}")
-    return get_method(name)
-
-
-def apply_method_defaults(C: EasyDict, keep: Iterable[str] = ()) -> EasyDict:
-    """Add the keys of `C.method` and its official defaults for `C.dataset_name` (in place).
-
-    A default replaces a value only where `C` still holds the dataset preset's value and the
-    key is not in `keep` (the command-line keys). Running it twice changes nothing more.
-    """
-    cls = _method_class(C.method)
-    for key, value in cls.config_keys.items():
-        if key not in C:
-            C[key] = copy.deepcopy(value)
-    defaults = cls.defaults.get(C.get("dataset_name"), {})
-    if defaults:
-        preset = load_preset(C.dataset_name)
-        keep = set(keep)
-        for key, value in defaults.items():
-            if key not in keep and (key not in preset or C.get(key) == preset[key]):
-                C[key] = copy.deepcopy(value)
-    return C
 
 
 # Spellings other tools use for our keys (checked before the fuzzy match, which would answer
@@ -254,7 +231,7 @@ _OPTION_ALIASES = {
 }
 
 
-def _suggest(key: str, C: EasyDict) -> str:
+def suggest_key(key: str, C: EasyDict) -> str:
     """`; did you mean --x?` for an unknown key: known spellings first, then close matches."""
     norm = key.strip().lower().replace("-", "_")
     if norm in C and norm != key:
@@ -267,44 +244,8 @@ def _suggest(key: str, C: EasyDict) -> str:
     return f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
 
 
-def key_help(C: EasyDict) -> str:
-    """Every key of `C` with its value and one line of meaning (the `train.py --help` table).
-
-    The lines come from `cpcl/presets/keys.py` and the method's `config_help`.
-    """
-
-    helps = {**KEY_HELP, **_method_class(C.method).config_help} if "method" in C else KEY_HELP
-    width = max(len(k) for k in C) + 2
-    lines = []
-    for key in sorted(C):
-        value = C[key]
-        shown = "None (derived)" if value is None and key in _DERIVED else repr(value)
-        lines.append(f"  --{key:<{width}} {helps.get(key, '(no description)')} [{shown}]")
-    return "\n".join(lines)
-
-
-def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
-    """Apply the method defaults, then `--key=value` strings, to a copy of `C`.
-
-    The method is the last `--method=` argument, else `C.method`. Unknown keys and bad values
-    raise ConfigError.
-    """
-    C = copy.deepcopy(C)
-    pairs = _parse_args(args)
-    methods = [text for key, text in pairs if key == "method"]
-    if methods:
-        C.method = methods[-1]
-    apply_method_defaults(C, keep=[key for key, _ in pairs])
-    for key, text in pairs:
-        if key not in C:
-            raise ConfigError(f"unknown config key --{key}{_suggest(key, C)}")
-        C[key] = parse_value(key, text, C[key])
-    validate(C)
-    return C
-
-
 # Keys that `finalize` derives or turns into absolute paths (not reported as user choices).
-_DERIVED = (
+DERIVED_KEYS = (
     "dataset_path",
     "log_dir",
     "snapshot_dir",
@@ -319,50 +260,12 @@ _DERIVED = (
 )
 
 
-def config_sources(C: EasyDict, argv: Iterable[str] | None = None) -> dict[str, str]:
-    """Where each non-preset value of `C` comes from: "command line", "<method> default",
-    "experiment config" (or "derived" for the keys `finalize` fills)."""
-    cli = {a[2:].split("=", 1)[0] for a in (argv or []) if a.startswith("--") and "=" in a}
-    preset = load_preset(C.dataset_name) if C.get("dataset_name") in PRESETS else {}
-    cls = _method_class(C.method)
-    method_defaults = {**cls.config_keys, **cls.defaults.get(C.get("dataset_name"), {})}
-    out: dict[str, str] = {}
-    for key, value in C.items():
-        if key in cli:
-            out[key] = "command line"
-        elif key in _DERIVED:
-            if preset.get(key) != value:
-                out[key] = "derived"
-        elif key in method_defaults and value == method_defaults[key]:
-            if preset.get(key, object()) != value:
-                out[key] = f"{C.method} default"
-        elif key not in preset or preset[key] != value:
-            out[key] = "experiment config"
-    return out
-
-
-def describe_sources(C: EasyDict, argv: Iterable[str] | None = None) -> str:
-    """One line: `key=value (source)` for every value that is not the preset's or derived."""
-    sources = config_sources(C, argv)
-    parts = [f"{k}={C[k]!r} ({v})" for k, v in sources.items() if v != "derived"]
-    return ", ".join(parts) if parts else "none"
-
-
 def validate(C: EasyDict) -> None:
-    """Check values that the rest of the code relies on; raise ConfigError naming the key."""
+    """Check the method-free values the rest of the code relies on; raise ConfigError naming
+    the key (`cpcl.engine.resolve.validate` adds the method's own checks)."""
     for key, choices in _CHOICES.items():
         if key in C and C[key] not in choices:
             raise ConfigError(f"C.{key} = {C[key]!r}: expected one of {', '.join(choices)}")
-    if "method" in C:
-        cls = _method_class(C.method)
-        # A method builds the ResNets unless it names its own encoders (`backbone_choices`).
-        allowed = getattr(cls, "backbone_choices", RESNET_BACKBONES)
-        if "backbone" in C and C.backbone not in allowed:
-            raise ConfigError(
-                f"C.backbone = {C.backbone!r}: method {C.method!r} expects one of "
-                f"{', '.join(allowed)}"
-            )
-        cls.check_config(C)
     for key in ("batch_size", "nepochs", "image_height", "image_width", "num_classes"):
         if key in C and (not isinstance(C[key], int) or C[key] < 1):
             raise ConfigError(f"C.{key} = {C[key]!r}: expected a positive integer")
@@ -400,8 +303,26 @@ def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
     )
 
 
-def finalize(
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_weights_path(path: str | None, base: str) -> str | None:
+    """The absolute path of weights file `path` (None stays None).
+
+    A relative path is tried against the experiment folder `base` first, then the repository
+    root (where the shipped defaults such as `DATA/pytorch-weight/resnet50_v1c.pth` live, as in
+    the official configs); the first that exists wins, else the repository-root one (the
+    start-up check then names it).
+    """
+    if path is None or os.path.isabs(path):
+        return path
+    local = os.path.normpath(os.path.join(base, path))
+    return local if os.path.exists(local) else os.path.normpath(os.path.join(REPO_ROOT, path))
+
+
+def fill_derived(
     C: EasyDict,
+    method_derived: Callable[[EasyDict], Mapping[str, Any]],
     *,
     root: str | None = None,
     n_labeled: int | None = None,
@@ -409,6 +330,8 @@ def finalize(
 ) -> EasyDict:
     """Return a copy of `C` with every derived value that is still `None` filled in.
 
+    method_derived: the method's `derived_defaults` (values it reads instead of the
+    labeled-ratio ones); `cpcl.engine.resolve.finalize` passes it for `C.method`.
     root: folder relative paths are resolved against (the experiment folder); default cwd.
     n_labeled, n_unlabeled: the sizes of the split lists actually read. Without them the
     official formula `num_train_total // labeled_ratio` is used, as in the official config.
@@ -416,16 +339,16 @@ def finalize(
     C = copy.deepcopy(C)
     validate(C)
     base = os.path.abspath(root or os.getcwd())
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if C.dataset_path is None:
-        C.dataset_path = os.path.join(repo, "DATA", _DATA_DIRS[C.dataset_name])
+        C.dataset_path = os.path.join(REPO_ROOT, "DATA", _DATA_DIRS[C.dataset_name])
+    C.pretrained_model = resolve_weights_path(C.get("pretrained_model"), base)
     C.dataset_path = os.path.join(base, C.dataset_path)
     C.log_dir = os.path.join(base, C.log_dir)
     if C.snapshot_dir is None:
         C.snapshot_dir = os.path.join(C.log_dir, "snapshot")
     C.snapshot_dir = os.path.join(base, C.snapshot_dir)
     # The method's own derived values (e.g. another training list) before the generic ones.
-    for key, value in _method_class(C.method).derived_defaults(C).items():
+    for key, value in method_derived(C).items():
         if C.get(key) is None:
             C[key] = value
     train, unsup, val = default_split_paths(C)

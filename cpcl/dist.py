@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import CpclError
+
 _BUCKET_BYTES = 64 * 1024 * 1024
 
 
@@ -46,6 +48,17 @@ class DistInfo:
 def is_initialized() -> bool:
     """True when torch.distributed is available and a process group exists."""
     return dist.is_available() and dist.is_initialized()
+
+
+def check_device(device: str) -> None:
+    """CpclError for `C.device = "cuda"` on a machine without CUDA (torch's own error is an
+    AttributeError from `torch._C` deep inside the start-up)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CpclError(
+            f"C.device = {device!r}: CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use --device=cpu, or --device=auto (GPU 0 "
+            "when there is one, else the CPU)"
+        )
 
 
 def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> DistInfo:

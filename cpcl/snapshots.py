@@ -26,7 +26,18 @@ from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .errors import CheckpointError
 
 # Keys compared with the checkpoint's config on resume (a difference is only a warning).
-RESUME_CHECKED_KEYS = ("nepochs", "niters_per_epoch", "batch_size", "lr", "method", "backbone")
+# A resume with other values of these keys is allowed with a warning line (e.g. fine-tuning at
+# another crop size: the weights do not depend on it). Another `method` is refused instead
+# (`cpcl.engine.run.check_resume_method`, before any weight is loaded).
+RESUME_CHECKED_KEYS = (
+    "nepochs",
+    "niters_per_epoch",
+    "batch_size",
+    "lr",
+    "backbone",
+    "image_height",
+    "image_width",
+)
 
 
 def rng_state() -> dict[str, Any]:

@@ -10,7 +10,7 @@ import sys
 
 from config import C
 
-from cpcl.engine import main
+from cpcl.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main(C, sys.argv[1:]))

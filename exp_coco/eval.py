@@ -5,7 +5,7 @@ import sys
 
 from config import C
 
-from cpcl.evaluate.cli import main
+from cpcl.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main(C, sys.argv[1:], root=os.path.dirname(os.path.abspath(__file__))))

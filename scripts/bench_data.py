@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 import torch
 
-from cpcl.config import finalize, load_preset
+from cpcl.config import load_preset
 from cpcl.data.cutmix import BoxMaskSettings, box_masks
 from cpcl.data.loaders import build_train_loader
 from cpcl.data.transforms import TrainTransform
+from cpcl.engine.resolve import finalize
 from cpcl.methods import get_method
 
 SIZES = {"voc": [(375, 500), (500, 375), (333, 500), (375, 500)], "cityscapes": [(1024, 2048)]}

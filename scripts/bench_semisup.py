@@ -64,11 +64,12 @@ from typing import IO, Any
 import torch
 
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.cli.snapshot import evaluate_snapshot
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
-from cpcl.evaluate.cli import evaluate_snapshot
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.methods import eval_net_from_checkpoint, method_names
 from cpcl.methods.cosa.evaluate import CosaSegNet, evaluate_cosa
 from cpcl.methods.unimatch_v2.toy_pretrain import TOY_DINOV2_PRETRAIN, pretrain_toy_dinov2

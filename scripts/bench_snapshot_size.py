@@ -17,7 +17,8 @@ import tempfile
 
 import torch
 
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.config import load_preset
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.fileio import format_bytes
 from cpcl.methods import get_method
 from cpcl.snapshots import save_training_state

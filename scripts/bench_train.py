@@ -164,7 +164,8 @@ def specs_from_args(args: argparse.Namespace) -> list[list[Spec]]:
 
 def build_config(spec: Spec) -> Any:
     """A finalized config of `spec.method` with the method's official settings."""
-    from cpcl.config import apply_overrides, finalize, load_preset
+    from cpcl.config import load_preset
+    from cpcl.engine.resolve import apply_overrides, finalize
 
     argv = [
         f"--method={spec.method}",

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from cpcl import viz
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.cli.snapshot import evaluate_snapshot
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset, palette_for, resolve_class_names
 from cpcl.data.toy import is_complete, make_toy_voc
 from cpcl.engine import fit
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import CpclError
-from cpcl.evaluate.cli import evaluate_snapshot
 from cpcl.metrics import format_iou_table
 from cpcl.presets.toy import QUICKSTART_OVERRIDES, TOY_DATA, TOY_DATA_PARAMS
 

@@ -22,7 +22,7 @@ SOURCES = {
     "cosa": "youshyee/CoSA @ 01d3467",
 }
 DATASETS = {"voc": "PASCAL VOC 2012", "cityscapes": "Cityscapes", "coco": "COCO-2014"}
-PENDING_WEIGHTS = "pending official-weights defaults (#28 core)"
+WEIGHTS_NOTE = "same file, kept under DATA/pytorch-weight/ (datasets.md, Pretrained weights)"
 
 SAME = object()  # ours equals the official value
 

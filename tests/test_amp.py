@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cpcl.amp as amp_mod
-from cpcl.amp import AmpError, bf16_supported, check_amp, cpu_flags
+from cpcl.amp import AmpError, bf16_supported, check_amp, cpu_flags, fp16_supported
 from cpcl.errors import CpclError
 
 
@@ -55,7 +55,7 @@ def test_check_amp_refuses_emulated_bf16():
     assert "\n" not in str(err.value)
     assert check_amp("bf16", "cpu", supported=lambda d: True) is torch.bfloat16
     assert check_amp("none", "cpu", supported=lambda d: False) is None
-    assert check_amp("fp16", "cpu") is torch.float16
+    assert check_amp("fp16", "cpu", supported=lambda d: True) is torch.float16
     with pytest.raises(AmpError, match="amp='fp8'"):
         check_amp("fp8", "cpu")
 
@@ -74,3 +74,22 @@ def test_evaluator_refuses_emulated_bf16_at_start(monkeypatch):
     with pytest.raises(AmpError, match="no native bf16"):
         sliding_predict(net, img, mean=(0, 0, 0), std=(1, 1, 1), amp="bf16", **kw)
     assert not calls  # refused before any forward
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [({"avx2", "avx512f"}, False), ({"avx512f", "avx512_fp16"}, True), ({"amx_fp16"}, True)],
+)
+def test_cpu_fp16_from_flags_and_refused_without(linux_x86, flags, expected):
+    """fp16 on a CPU without native fp16 is refused like bf16 (it ran ~40x slower)."""
+    assert fp16_supported("cpu", flags=lambda: frozenset(flags)) is expected
+    native = lambda d: fp16_supported(d, flags=lambda: frozenset(flags))  # noqa: E731
+    if expected:
+        assert check_amp("fp16", "cpu", supported=native) is torch.float16
+    else:
+        with pytest.raises(AmpError, match=r"amp=fp16 on cpu: .*native fp16.*--amp=none"):
+            check_amp("fp16", "cpu", supported=native)
+
+
+def test_cuda_fp16_is_always_native():
+    assert fp16_supported("cuda:0")

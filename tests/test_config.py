@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from cpcl.config import ConfigError, apply_overrides, finalize, load_preset, to_plain
+from cpcl.config import ConfigError, load_preset, to_plain
+from cpcl.engine.resolve import apply_overrides, finalize
 
 
 def test_official_defaults():

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 import cpcl.engine as engine
-from cpcl.config import ConfigError, apply_overrides, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.toy import make_toy_voc
 from cpcl.engine.capture_check import describe, find_host_syncs
 from cpcl.engine.graphs import GraphedIteration, check_graph_settings, make_graphed_iteration
+from cpcl.engine.resolve import apply_overrides
 from cpcl.methods import Method, StepInfo, get_method, method_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))

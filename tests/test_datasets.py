@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpcl.config import finalize, load_preset
+from cpcl.config import load_preset
 from cpcl.data.datasets import (
     SegDataset,
     build_dataset,
@@ -23,6 +23,7 @@ from cpcl.data.datasets import (
     read_label,
 )
 from cpcl.data.splits import read_split
+from cpcl.engine.resolve import finalize
 from cpcl.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

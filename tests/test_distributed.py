@@ -140,8 +140,8 @@ def test_torchrun_two_processes_train_end_to_end(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
         f"--dataset_path={tmp_path / 'toy'}", f"--log_dir={tmp_path / 'log'}", "--device=cpu",
-        "--backbone=resnet18", "--batch_size=4", "--image_height=32", "--image_width=32",
-        "--nepochs=1", "--niters_per_epoch=2", "--num_workers=0", "--num_classes=4", "--labeled_ratio=4",
+        "--backbone=resnet18", "--pretrained_model=None", "--batch_size=4", "--image_height=32",
+        "--image_width=32", "--nepochs=1", "--niters_per_epoch=2", "--num_workers=0", "--num_classes=4", "--labeled_ratio=4",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from cpcl.checkpoint import save_checkpoint
-from cpcl.config import finalize, load_preset
+from cpcl.cli.evaluate import main
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset, voc_palette
+from cpcl.engine.resolve import finalize
 from cpcl.errors import CpclError
 from cpcl.evaluate import evaluate_dataset
-from cpcl.evaluate.cli import main, parse_devices, resolve_checkpoints
+from cpcl.evaluate.checkpoints import parse_devices, resolve_checkpoints
 from cpcl.models import Network
 
 # ------------------------------------------------------------------ -e resolution
@@ -208,7 +210,7 @@ def test_main_errors(voc_tree, snapshot, tmp_path, capsys):
 def test_device_from_config_and_sharded_processes(voc_tree, snapshot, tmp_path, capsys):
     import argparse
 
-    from cpcl.evaluate.cli import _evaluate_checkpoint
+    from cpcl.cli.snapshot import evaluate_checkpoint as _evaluate_checkpoint
 
     if not torch.cuda.is_available():
         argv = [a for a in _argv(voc_tree, snapshot, tmp_path / "log") if a not in ("-d", "cpu")]

@@ -14,9 +14,11 @@ from conftest import TINY_TRAIN
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.cli.evaluate import main
+from cpcl.cli.snapshot import evaluate_snapshot
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset
-from cpcl.evaluate.cli import evaluate_snapshot, main
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.methods import eval_net_from_checkpoint
 from cpcl.methods.u2pl.eval import evaluate_u2pl
 from cpcl.methods.unimatch.eval import evaluate_unimatch

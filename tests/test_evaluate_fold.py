@@ -110,8 +110,9 @@ def test_untraceable_network_is_returned_as_is():
 
 def test_cli_evaluates_a_folded_copy(tmp_path: Path):
     from cpcl.checkpoint import save_checkpoint
-    from cpcl.config import finalize, load_preset
-    from cpcl.evaluate.cli import _load_eval_net
+    from cpcl.cli.snapshot import load_eval_net as _load_eval_net
+    from cpcl.config import load_preset
+    from cpcl.engine.resolve import finalize
 
     model = _network(21)
     save_checkpoint(tmp_path / "epoch-4.pth", model, epoch=4, iteration=40)

@@ -76,3 +76,47 @@ def test_package_modules_import_cpcl_at_the_top_only():
                     if isinstance(inner, ast.ImportFrom) and inner.level > 0:
                         late.append(f"{path.relative_to(PKG)}:{inner.lineno} {inner.module}")
     assert late == [], late
+
+
+# Layers, bottom to top: below the methods (models, data, ops, evaluate, presets and the
+# top-level modules), the methods (`cpcl.methods`), the engine, the entry layer (`cpcl.cli`).
+# Each module may import only its own layer and those below.
+_ABOVE_METHODS = ("cpcl.engine", "cpcl.cli")
+_FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "below": ("cpcl.methods", *_ABOVE_METHODS),
+    "methods": _ABOVE_METHODS,
+    "engine": ("cpcl.cli",),
+}
+
+
+def _layer(path: Path) -> str:
+    top = path.relative_to(PKG).parts[0]
+    if top in ("methods", "engine"):
+        return top
+    return "cli" if top == "cli" else "below"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of the cpcl modules `path` imports (relative imports resolved)."""
+    package = ["cpcl", *path.relative_to(PKG).parent.parts]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            out.add(module)
+            # `from .. import methods` imports a module by its attribute name.
+            out.update(f"{module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_layers_import_downwards():
+    offenders = []
+    for path in sorted(PKG.rglob("*.py")):
+        forbidden = _FORBIDDEN.get(_layer(path), ())
+        for module in sorted(_imported_modules(path)):
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
+                offenders.append(f"{path.relative_to(PKG)} imports {module}")
+    assert offenders == [], "imports that run up the layers:\n" + "\n".join(offenders)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cpcl.config import finalize, load_preset
+from cpcl.config import load_preset
 from cpcl.data.loaders import StretchSampler, _IterationSampler, build_train_loader
+from cpcl.engine.resolve import finalize
 from cpcl.errors import CpclError, DataError
 from cpcl.methods import get_method
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import cpcl.methods.cps as cps_module
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.loaders import build_train_loader
 from cpcl.engine import train_step
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.errors import CpclError
 from cpcl.evaluate import BranchMean
 from cpcl.methods import eval_net_from_checkpoint, get_method, method_names
@@ -21,6 +22,7 @@ def _small_config(method: str = "cpcl", **kw):
     C = load_preset("voc")
     C.method = method
     C.backbone, C.num_classes = "resnet18", 4
+    C.pretrained_model = None  # random weights: the shipped default names the ImageNet file
     C.image_height = C.image_width = 16
     C.batch_size, C.num_workers, C.nepochs = 2, 0, 2
     for k, v in kw.items():

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from official_settings_rows import DATASETS, PENDING_WEIGHTS, ROWS, SAME, SOURCES, Row
+from official_settings_rows import DATASETS, ROWS, SAME, SOURCES, WEIGHTS_NOTE, Row
 
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.config import load_preset
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,8 +81,6 @@ def _params() -> list[Any]:
     out = []
     for row in ROWS:
         marks = []
-        if row.file_stem:
-            marks.append(pytest.mark.xfail(strict=False, reason=PENDING_WEIGHTS))
         if row.dataset == "coco":
             marks.append(
                 pytest.mark.skipif(not _has_preset("coco"), reason="no coco preset yet (#29)")
@@ -175,8 +174,8 @@ def render() -> str:
         for r in rows:
             where = "C." + r.ours_key if ":" not in r.ours_key else r.ours_key
             if r.file_stem:
-                ours = f"`{where}` = `…/{r.official}` (pending)"
-                note = r.note or PENDING_WEIGHTS
+                ours = f"`{where}` = `…/{r.official}`"
+                note = r.note or WEIGHTS_NOTE
             else:
                 ours = f"`{where}` = `{_fmt(r.expected)}`"
                 note = r.note or ("same" if r.ours is SAME else "")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset, read_label, voc_palette
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import cpcl.engine as engine
-from cpcl.config import ConfigError, apply_overrides, finalize, load_preset
+from cpcl.cli import train as train_cli
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.datasets import build_dataset
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import DataError
 from cpcl.methods import get_method, method_names
 from cpcl.presets.keys import KEY_HELP
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("dataset", ["voc", "cityscapes"])
 @pytest.mark.parametrize("method", method_names())
 def test_every_key_of_every_resolved_config_has_a_help_line(dataset, method, tmp_path):
+    if get_method(method).defaults and dataset not in get_method(method).defaults:
+        pytest.skip(f"{method} has no settings for {dataset} (refused: tests/test_real_run.py)")
     C = finalize(apply_overrides(load_preset(dataset), [f"--method={method}"]), root=tmp_path)
     helps = {**KEY_HELP, **get_method(method).config_help}
     missing = sorted(k for k in C if not helps.get(k, "").strip())
@@ -31,7 +34,7 @@ def test_every_key_of_every_resolved_config_has_a_help_line(dataset, method, tmp
 
 def test_help_lists_every_key_with_default_and_meaning(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        engine.main(load_preset("voc"), ["--help"])
+        train_cli.main(load_preset("voc"), ["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     C = apply_overrides(load_preset("voc"), [])

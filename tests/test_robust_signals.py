@@ -2,7 +2,7 @@
 
 The run is started in a new session, so `os.killpg` reaches the trainer and its DataLoader
 workers together, as a terminal or `timeout` does. It must end as a signal to the main
-process alone does: interrupted.pth written, exit code 0, no traceback.
+process alone does: interrupted.pth written, exit code 130, no traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import os, sys, pathlib
 import cpcl.engine as engine
+from cpcl.cli import train as train_cli
 from cpcl.config import load_preset
 
 marker = pathlib.Path(sys.argv[1] + os.environ.get("RANK", "0"))
@@ -36,7 +37,7 @@ def step(*args, **kwargs):
     return out
 
 engine.loop.train_step = step  # the name the loop calls
-sys.exit(engine.main(load_preset("voc"), sys.argv[2:]))
+sys.exit(train_cli.main(load_preset("voc"), sys.argv[2:]))
 """
 
 
@@ -77,7 +78,7 @@ def _start(cmd: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_small, tmp_path, sig):
+def test_signal_to_the_process_group_writes_interrupted_and_exits_130(toy_voc_small, tmp_path, sig):
     marker = tmp_path / "started"
     proc = _start([sys.executable, "-c", CHILD, str(marker), *_args(toy_voc_small, tmp_path)])
     marker = tmp_path / "started0"
@@ -88,7 +89,7 @@ def test_signal_to_the_process_group_writes_interrupted_and_exits_0(toy_voc_smal
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # interrupted, not finished (cpcl.cli.train)
     assert "Traceback" not in err and "killed by signal" not in err, err
     state = load_checkpoint(tmp_path / "log" / "snapshot" / "interrupted.pth")
     assert state["next_epoch"] == 0 and 1 <= state["next_iter"] < 5000

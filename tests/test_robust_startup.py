@@ -15,6 +15,7 @@ from conftest import TINY_TRAIN
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
+from cpcl.cli import train as train_cli
 from cpcl.config import load_preset
 from cpcl.fileio import _host
 
@@ -45,7 +46,7 @@ def test_read_only_snapshot_dir_fails_before_training(toy_voc_small, tmp_path, m
     steps = _CountSteps()
     monkeypatch.setattr(engine.loop, "train_step", steps)
     args = _args(toy_voc_small, tmp_path, f"--snapshot_dir={snap}")
-    assert engine.main(load_preset("voc"), args) == 2
+    assert train_cli.main(load_preset("voc"), args) == 2
     err = capsys.readouterr().err
     assert f"snapshot folder (C.snapshot_dir) is not writable: {snap}" in err
     assert "Read-only file system" in err and "Traceback" not in err
@@ -64,13 +65,13 @@ def test_stale_temp_of_a_killed_save_is_removed_at_start(toy_voc_small, tmp_path
         raise engine.CpclError("stopped by the test")
 
     monkeypatch.setattr(engine.loop, "train_step", stop)
-    assert engine.main(load_preset("voc"), _args(toy_voc_small, tmp_path)) == 2
+    assert train_cli.main(load_preset("voc"), _args(toy_voc_small, tmp_path)) == 2
     assert not stale.exists()
 
 
 def test_epoch_numbers_end_pointers_and_weights_only_snapshots(toy_voc_small, tmp_path, capsys):
     args = _args(toy_voc_small, tmp_path, "--snapshot_weights_only=true")
-    assert engine.main(load_preset("voc"), args) == 0
+    assert train_cli.main(load_preset("voc"), args) == 0
     snap = tmp_path / "log" / "snapshot"
     assert sorted(os.listdir(snap)) == ["epoch-1.pth", "epoch-last.pth"]
     # The log names the epoch as the snapshot does (0-based), then the progress.
@@ -89,7 +90,7 @@ def test_epoch_numbers_end_pointers_and_weights_only_snapshots(toy_voc_small, tm
     assert {"optimizer_1", "optimizer_2", "rng"} <= set(last) and not last.get("weights_only")
     assert (snap / "epoch-1.pth").stat().st_size < 0.7 * (snap / "epoch-last.pth").stat().st_size
     # Resuming from a weights-only file is a named error that points at epoch-last.pth.
-    assert engine.main(load_preset("voc"), [*args, "-c", str(snap / "epoch-1.pth")]) == 2
+    assert train_cli.main(load_preset("voc"), [*args, "-c", str(snap / "epoch-1.pth")]) == 2
     err = capsys.readouterr().err
     assert "weights-only snapshot" in err and "epoch-last.pth" in err
 

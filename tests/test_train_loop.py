@@ -12,7 +12,9 @@ from conftest import TINY_TRAIN, StopAfter
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import apply_overrides, load_preset
+from cpcl.cli import train as train_cli
+from cpcl.config import load_preset
+from cpcl.engine.resolve import apply_overrides
 
 TINY = list(TINY_TRAIN)
 
@@ -33,7 +35,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 
 def test_main_trains_and_writes_official_snapshots_and_logs(toy_root, tmp_path, capsys):
     args = [*TINY, f"--dataset_path={toy_root}", f"--log_dir={tmp_path / 'log'}"]
-    assert engine.main(load_preset("voc"), args) == 0
+    assert train_cli.main(load_preset("voc"), args) == 0
     snap = tmp_path / "log" / "snapshot"
     # Official schedule with nepochs=2, snapshot_iter=1: only the last epoch (index 1).
     assert sorted(os.listdir(snap)) == ["epoch-1.pth", "epoch-last.pth"]
@@ -113,11 +115,11 @@ def test_non_finite_loss_stops_with_iteration_and_parts(toy_root, tmp_path, monk
 
 
 def test_main_reports_user_errors_without_traceback(tmp_path, capsys):
-    assert engine.main(load_preset("voc"), ["--nepoch=3"]) == 2
+    assert train_cli.main(load_preset("voc"), ["--nepoch=3"]) == 2
     assert "unknown config key --nepoch; did you mean --nepochs?" in capsys.readouterr().err
     missing = tmp_path / "nowhere"
     assert (
-        engine.main(
+        train_cli.main(
             load_preset("voc"), [*TINY, f"--dataset_path={missing}", f"--log_dir={tmp_path}"]
         )
         == 2

@@ -462,7 +462,7 @@ def build_dataset(C, split: str) -> SegDataset:
     key = sources[split]
     for k in ("dataset_path", key):
         if C.get(k) is None:
-            raise DataError(f"C.{k} is not set; call cpcl.config.finalize(C) first")
+            raise DataError(f"C.{k} is not set; call cpcl.engine.resolve.finalize(C) first")
     return SegDataset(
         C.dataset_path,
         C[key],

@@ -7,8 +7,13 @@
 * `signals`: SIGINT/SIGTERM end the loop at an iteration boundary;
 * `snapshot`: the snapshots the loop writes; `validate`: evaluation during training;
 * `setup`: the run's config, split lists of the method's streams, model, loader and state;
-* `run`: `fit`, the whole run (one process or one torchrun rank);
-* `cli`: `main`, the command line of `exp_*/train.py`.
+* `resolve`: the method-aware configuration (`apply_overrides`, `finalize`,
+  `describe_sources`, ...; the method-free half is `cpcl.config`);
+* `run`: `fit`, the whole run (one process or one torchrun rank): start-up checks (device,
+  weights file, the checkpoint's method, output folders, the `log_dir` lock), then training;
+* `dry_run`: `train.py --dry_run`, the checks and one iteration without training.
+
+The command lines (`exp_*/train.py`, `exp_*/eval.py`) are the entry layer `cpcl.cli`, above.
 
 Tests that wrap the iteration patch `cpcl.engine.loop.train_step` (the name the loop calls).
 """
@@ -16,9 +21,9 @@ Tests that wrap the iteration patch `cpcl.engine.loop.train_step` (the name the 
 from ..errors import CpclError
 from ..models import Network
 from . import loop
-from .cli import main
 from .loop import LoopSettings, TrainState, epoch_label, run_epochs, train_one_epoch
 from .meter import NonFiniteLossError
+from .resolve import apply_overrides, describe_sources, finalize
 from .run import fit
 from .setup import resolve_run_config
 from .snapshot import RESUME_NAMES
@@ -32,10 +37,12 @@ __all__ = [
     "Network",
     "NonFiniteLossError",
     "TrainState",
+    "apply_overrides",
+    "describe_sources",
     "epoch_label",
+    "finalize",
     "fit",
     "loop",
-    "main",
     "resolve_run_config",
     "run_epochs",
     "train_one_epoch",

@@ -13,16 +13,17 @@ import torch
 from torch import nn
 
 from ..amp import check_amp
-from ..config import finalize
 from ..data.datasets import build_dataset
 from ..data.loaders import build_train_loader
 from ..data.splits import check_disjoint
 from ..dist import DistInfo, StopFlag, allreduce_grads, broadcast_module, maybe_sync_batchnorm
-from ..errors import CpclError
+from ..errors import CheckpointError, CpclError
 from ..methods import get_method
 from ..runlog import Scalars
+from ..weights import explain_weights
 from .graphs import check_graph_settings, make_graphed_iteration
 from .loop import LoopSettings, TrainState
+from .resolve import finalize
 
 
 def resolve_run_config(C: Any, *, root: str | None) -> tuple[Any, dict[str, Any]]:
@@ -43,6 +44,20 @@ def resolve_run_config(C: Any, *, root: str | None) -> tuple[Any, dict[str, Any]
     # niters_per_epoch) must be derived from the counts actually read instead.
     counts = {f"n_{name}": len(src) for name, src in sources.items()}
     return finalize(C, root=root, **counts), sources
+
+
+def build_pretrained_model(method: Any, C: Any) -> nn.Module:
+    """`method.build_model()` (which loads `C.pretrained_model` strictly); a file that does
+    not fit gets what it should be and where it comes from added to the loader's error."""
+    try:
+        return method.build_model()
+    except CheckpointError as err:
+        if C.pretrained_model is None:
+            raise
+        raise CheckpointError(
+            f"C.pretrained_model = {C.pretrained_model}: not the file this network loads\n"
+            f"{err}\n{explain_weights(C.pretrained_model)}"
+        ) from err
 
 
 def _prepare_model(model: nn.Module, C: Any, info: DistInfo, log: logging.Logger) -> nn.Module:
@@ -92,7 +107,7 @@ def build_run(
     torch.manual_seed(C.seed)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(C.cudnn_benchmark)
-    model = _prepare_model(method.build_model(), C, info, log)
+    model = _prepare_model(build_pretrained_model(method, C), C, info, log)
     optimizers = tuple(method.build_optimizers(model))
     method.setup(model)
     state = TrainState(

@@ -6,9 +6,10 @@
 * `settings`: `EvalSettings`, the protocol as one frozen object (`EvalSettings.from_config`);
 * `fold`: `fold_batchnorm`, an inference-only copy with BatchNorm folded into the convolutions;
 * `dataset`: `evaluate_dataset` (confusion matrix over a dataset and ranks) and the exports;
-* `cli`: the `exp_*/eval.py` command line (`main`) and `evaluate_snapshot`; it builds the
-  method's network (`cpcl.methods`), so it is not imported by this package (import
-  `cpcl.evaluate.cli`).
+* `checkpoints`: the ``-e`` checkpoint specs, ``-d`` devices, a snapshot's stored config.
+
+The `exp_*/eval.py` command line and `evaluate_snapshot` build the method's network, so they
+live in the entry layer above `cpcl.methods` (`cpcl.cli.evaluate`, `cpcl.cli.snapshot`).
 """
 
 from .branch import BRANCHES, BranchMean, select_branch

@@ -18,7 +18,7 @@ What a method provides (class attributes, then methods; see `Method` for signatu
 * `name`: its `C.method` value.
 * `defaults`: its official settings per dataset, `{"voc": {"lr": ...}, "cityscapes": {...}}`.
   They replace the dataset preset's values for keys that the experiment config left at the
-  preset value; `--key=value` always wins (see `cpcl.config.apply_overrides`, which records
+  preset value; `--key=value` always wins (see `cpcl.engine.resolve.apply_overrides`, which records
   where every value came from; the run log prints it).
 * `config_keys`: new config keys of the method with their defaults (prefix them with the
   method name, e.g. `u2pl_ema_decay`); they are added to `C` so `--key=value` works.
@@ -33,7 +33,7 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   generators on the device. A method that is not capturable runs eagerly, and the log says
   `not_capturable_because`.
 * `derived_defaults(C)`: values of derived keys (`train_source`, `num_unsup_imgs`, ...) the
-  method reads instead of the labeled-ratio ones; `cpcl.config.finalize` fills each key the
+  method reads instead of the labeled-ratio ones; `cpcl.engine.resolve.finalize` fills each key the
   user left at None with them (e.g. CoSA trains on the whole `train_aug.txt`).
 * `check_config(C)`: raise `ConfigError` naming the key for values the method cannot run.
 * `min_images_per_rank`: the smallest per-process batch the method can train on (default 1;
@@ -65,7 +65,7 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   (teacher weights, memory banks, counters); saved under `method_state` in checkpoints.
 * `official_evaluator(C)` (optional): the method's own official evaluation protocol as an
   `OfficialEvaluator`, which `eval.py --eval_protocol=official` and
-  `cpcl.evaluate.cli.evaluate_snapshot` run on `eval_net`; None (default): the method's official
+  `cpcl.cli.snapshot.evaluate_snapshot` run on `eval_net`; None (default): the method's official
   protocol is the project's evaluator (CPCL's sliding windows).
 
 * `train_evaluation(model, ctx)` (optional): the evaluation during training, called by the

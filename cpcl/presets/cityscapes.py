@@ -16,6 +16,9 @@ def defaults() -> EasyDict:
     C.image_width = 800
     C.num_train_total = 2975
     C.num_eval_imgs = 500
+    # The official config's ImageNet file (C.volna + 'DATA/pytorch-weight/resnet50_v1c.pth'),
+    # relative to the repository root; missing: the run stops at start-up (cpcl.weights).
+    C.pretrained_model = "DATA/pytorch-weight/resnet50_v1c.pth"
     C.lr = 0.01
     # The paper trains with 16 images per iteration (the public config file's 3 is a
     # per-GPU leftover); with torchrun the batch is split across ranks.

@@ -1,6 +1,6 @@
 """Keys shared by every preset, with the official CPCL values (exp_voc/config.py, exp_city/config.py).
 
-`None` marks a value derived later by `cpcl.config.finalize` unless the user sets it.
+`None` marks a value derived later by `cpcl.engine.resolve.finalize` unless the user sets it.
 """
 
 import os
@@ -25,7 +25,7 @@ def defaults() -> EasyDict:
     C.eval_source = None
     C.log_dir = "log"  # official: ./log next to train.py
     C.snapshot_dir = None  # official: <log_dir>/snapshot
-    C.pretrained_model = None  # ImageNet backbone file (resnet50_v1c.pth layout) or None
+    C.pretrained_model = None  # ImageNet file; set by the dataset presets (None: from scratch)
 
     # --- experiment ---
     C.seed = 12345

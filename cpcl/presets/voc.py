@@ -18,6 +18,9 @@ def defaults() -> EasyDict:
         10582  # size of train_aug; num_train_imgs = num_train_total // labeled_ratio
     )
     C.num_eval_imgs = 1449
+    # The official config's ImageNet file (C.volna + 'DATA/pytorch-weight/resnet50_v1c.pth'),
+    # relative to the repository root; missing: the run stops at start-up (cpcl.weights).
+    C.pretrained_model = "DATA/pytorch-weight/resnet50_v1c.pth"
     C.lr = 0.005
     C.batch_size = 8
     C.nepochs = 34  # recommended: 1/16: 32, 1/8: 34, 1/4: 40, 1/2: 60

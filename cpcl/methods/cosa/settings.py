@@ -29,6 +29,8 @@ _COMMON: dict[str, Any] = {
     "image_width": 448,
     "niters_per_epoch": 1000,  # max_iters = nepochs x 1000
     "seed": 0,
+    # timm `vit_base_patch16_224(pretrained=True)` (`args.py`): the JAX ViT-B/16 file.
+    "pretrained_model": "DATA/pytorch-weight/jx_vit_base_p16_224-80ecf9dd.pth",
     # The paper's numbers come from the official protocol (`evaluation_engine.py`).
     "eval_protocol": "official",
 }

@@ -78,6 +78,7 @@ def preset_defaults(p: U2PLPreset) -> dict[str, Any]:
     """The project's config keys for one official U2PL preset (see docs/methods/u2pl.md)."""
     return {
         "backbone": p.backbone,
+        "pretrained_model": f"DATA/pytorch-weight/u2pl/{p.backbone}.pth",  # `model_urls`
         "lr": p.lr,
         "momentum": p.momentum,
         "weight_decay": p.weight_decay,

@@ -7,7 +7,7 @@ step), `cpcl.methods.unimatch.views` (weak/strong views, CutMix boxes, normalisa
 (`presets`) onto the project's config keys and plugs the blocks into the `Method`
 interface.
 
-Official settings as `defaults` (applied by `cpcl.config.apply_method_defaults` to every
+Official settings as `defaults` (applied by `cpcl.engine.resolve.apply_method_defaults` to every
 key the experiment config left at the dataset preset's value; `--key=value` always wins):
 
 | key | voc (`pascal.yaml`) | cityscapes (`cityscapes.yaml`) |
@@ -73,6 +73,8 @@ def _official(preset: str) -> dict[str, Any]:
         "nepochs": p["epochs"],
         "unimatch_conf_thresh": float(p["conf_thresh"]),
         "backbone": p["backbone"],
+        # `model/backbone/resnet.py`: `pretrained/%s.pth % arch` (UniMatch's own file).
+        "pretrained_model": f"DATA/pytorch-weight/unimatch/{p['backbone']}.pth",
         "momentum": p["momentum"],
         "weight_decay": p["weight_decay"],
         "lr_power": 0.9,

@@ -16,7 +16,7 @@ Official settings as `defaults` (`configs/*.yaml`; `--key=value` always wins):
 | `image_height` = `image_width` (`crop_size`) | 518 | 798 | 518 | 518 |
 | `nepochs` | 60 | 180 | 60 | 20 |
 | `sup_loss` | ce | ohem 0.7, `ohem_min_kept_per_image` 100000 (200000 per GPU batch of 2) | ce | ce |
-| `backbone` / `pretrained_model` | dinov2_small / `pretrained/dinov2_small.pth` | same | same | same |
+| `backbone` / `pretrained_model` | dinov2_small / `DATA/pytorch-weight/dinov2_small.pth` | same | same | same |
 | `unimatch_v2_lock_backbone` | False | False | True | False |
 | `unimatch_v2_eval_mode` | original | sliding_window | original | original |
 | `weight_decay` (AdamW, every parameter) | 0.01 | same | same | same |
@@ -94,8 +94,9 @@ def _official(preset: str) -> dict[str, Any]:
         "nepochs": p["epochs"],
         "unimatch_v2_conf_thresh": float(p["conf_thresh"]),
         "backbone": p["backbone"],
-        # `torch.load(f'./pretrained/{cfg["backbone"]}.pth')`, relative to the run folder.
-        "pretrained_model": os.path.join("pretrained", f"{p['backbone']}.pth"),
+        # `torch.load(f'./pretrained/{cfg["backbone"]}.pth')`; kept with the other official
+        # files under DATA/pytorch-weight/ (relative to the repository, `cpcl.weights`).
+        "pretrained_model": f"DATA/pytorch-weight/{p['backbone']}.pth",
         "unimatch_v2_lock_backbone": bool(p["lock_backbone"]),
         "unimatch_v2_eval_mode": p["eval_mode"],
         # The official loop evaluates model and EMA model after every epoch with its protocol.
@@ -450,7 +451,8 @@ def _check_pretrained_matches(path: str, backbone: str) -> None:
     if stem in BACKBONES and stem != backbone:
         raise ConfigError(
             f"C.pretrained_model = {path!r} is the {stem} file but C.backbone = {backbone!r}; "
-            f"expected --pretrained_model=pretrained/{backbone}.pth (or None: no pretrained "
+            f"expected --pretrained_model=DATA/pytorch-weight/{backbone}.pth (or None: no "
+            "pretrained "
             "encoder)"
         )
 

@@ -20,9 +20,10 @@ from conftest import TINY_TRAIN
 
 from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.cli.evaluate import main as eval_main
+from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset
-from cpcl.evaluate.cli import main as eval_main
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.methods import TrainEvalContext
 from cpcl.methods.cosa import CoSA, train_eval
 from cpcl.methods.cosa.best import BestScores, pick_best, table_miou

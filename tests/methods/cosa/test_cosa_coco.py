@@ -19,10 +19,10 @@ from PIL import Image
 
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import apply_overrides, finalize
+from cpcl.cli.evaluate import main as eval_main
 from cpcl.data.datasets import build_dataset, class_names, palette_for
 from cpcl.data.toy import make_toy_coco
-from cpcl.evaluate.cli import main as eval_main
+from cpcl.engine.resolve import apply_overrides, finalize
 
 
 @pytest.fixture(scope="module")

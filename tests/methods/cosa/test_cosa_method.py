@@ -18,7 +18,9 @@ from conftest import TINY_TRAIN, StopAfter
 import cpcl.engine as engine
 from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.cli import train as train_cli
+from cpcl.config import ConfigError, load_preset
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.errors import CheckpointError
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method, method_names
 from cpcl.methods.cosa import CoSA
@@ -141,7 +143,7 @@ def test_eval_crf_is_the_official_dense_crf():
 
 def test_help_lists_every_cosa_key(capsys):
     with pytest.raises(SystemExit) as done:
-        engine.main(load_preset("voc"), ["--method=cosa", "--help"])
+        train_cli.main(load_preset("voc"), ["--method=cosa", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     for key, line in CoSA.config_help.items():
@@ -289,7 +291,7 @@ def test_train_resume_exactly_and_evaluate(toy_voc_small, tmp_path, monkeypatch,
     _equal_states(teacher.state_dict(), reference["method_state"]["teacher"])
 
     # eval.py with both protocols.
-    from cpcl.evaluate.cli import main as eval_main
+    from cpcl.cli.evaluate import main as eval_main
 
     base = _config(toy_voc_small, tmp_path / "full")
     for protocol, label in (("cpcl", "cpcl: sliding windows"), ("official", "cosa official")):

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, TINY_TRAIN
 from PIL import Image
 
-from cpcl.config import apply_overrides, finalize, load_preset
+from cpcl.config import load_preset
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import CheckpointError, DataError
 from cpcl.methods.cosa import CoSA
 from cpcl.methods.cosa.data import write_toy_cls_labels

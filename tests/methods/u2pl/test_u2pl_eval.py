@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cpcl.config import ConfigError, apply_overrides, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
+from cpcl.engine.resolve import apply_overrides, finalize
 from cpcl.errors import CpclError
 from cpcl.methods import get_method, select_evaluator
 from cpcl.methods.u2pl.eval import (

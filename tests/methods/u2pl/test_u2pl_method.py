@@ -17,8 +17,9 @@ from conftest import StopAfter
 import cpcl.engine as engine
 from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.toy import make_toy_voc
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method
 from cpcl.methods.u2pl import U2PL, U2PLEvalNet
 from cpcl.methods.u2pl.presets import U2PL_CITYSCAPES_744, U2PL_VOC_1464

@@ -16,8 +16,9 @@ from conftest import StopAfter
 import cpcl.engine as engine
 from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.toy import make_toy_voc
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.errors import CpclError
 from cpcl.methods import eval_net_from_checkpoint, get_method, method_names
 from cpcl.methods.unimatch import UniMatch, unimatch_eval_settings

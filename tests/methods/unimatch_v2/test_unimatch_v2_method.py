@@ -20,10 +20,11 @@ from conftest import StopAfter
 import cpcl.engine as engine
 from cpcl import dist as cdist
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import ConfigError, apply_overrides, config_sources, finalize, load_preset
+from cpcl.config import ConfigError, load_preset
 from cpcl.data.datasets import build_dataset, class_names, expected_tree, palette_for
 from cpcl.data.splits import read_split
 from cpcl.data.toy import make_toy_voc
+from cpcl.engine.resolve import apply_overrides, config_sources, finalize
 from cpcl.errors import CheckpointError
 from cpcl.methods import StepInfo, eval_net_from_checkpoint, get_method, method_names
 from cpcl.methods.base import TrainEvalContext
@@ -85,7 +86,7 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.image_height == C.image_width == p["crop_size"]
     assert C.nepochs == p["epochs"] and C.batch_size == 4 * p["batch_size"]
     assert C.unimatch_v2_conf_thresh == p["conf_thresh"] and C.backbone == p["backbone"]
-    assert C.pretrained_model == f"pretrained/{p['backbone']}.pth"
+    assert C.pretrained_model == f"DATA/pytorch-weight/{p['backbone']}.pth"
     assert C.weight_decay == p["weight_decay"] and C.warm_up_epoch == 0
     assert C.unimatch_v2_lock_backbone is p["lock_backbone"]
     assert C.unimatch_v2_eval_mode == p["eval_mode"]
@@ -365,7 +366,7 @@ def test_train_snapshot_exact_resume_and_both_protocols(toy_root, tmp_path, monk
     _equal_states(teacher.state_dict(), reference["method_state"]["teacher"])
 
     # eval.py with both protocols, the official one in both of its modes.
-    from cpcl.evaluate.cli import main as eval_main
+    from cpcl.cli.evaluate import main as eval_main
 
     base = _config(toy_root, tmp_path / "full")
     runs = (

@@ -1,4 +1,10 @@
-"""The command line of `exp_*/train.py`: `main(C, argv)`."""
+"""The command line of `exp_*/train.py`: `main(C, argv)`.
+
+Exit codes: 0 the run finished (or `--dry_run` found no problem), 1 `--dry_run` found problems
+(all listed), 2 an error stopped the run (printed as `error: ...`), 130 the run was interrupted
+(SIGINT/SIGTERM: `interrupted.pth` written; resume with `-c`), as the shell reports a command
+stopped by Ctrl-C, so `train.py && eval.py` does not evaluate an unfinished run.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import apply_overrides, key_help
+from ..engine.dry_run import dry_run
+from ..engine.resolve import apply_overrides, key_help
+from ..engine.run import fit
 from ..errors import CpclError
 from ..methods import method_names
-from .run import fit
+
+EXIT_DRY_RUN_PROBLEMS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells report for a command stopped by Ctrl-C
 
 
 def _help_config(C: Any, argv: Sequence[str]) -> str:
@@ -51,18 +62,27 @@ def main(C: Any, argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-c", "--continue", dest="resume", metavar="CKPT", help="resume from this checkpoint"
     )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the configured run without training: settings table, lists, a sample of "
+        "images, weights, output folders, device, ONE iteration and the projected time; exit "
+        "0 (ready) or 1 (every problem listed)",
+    )
     args, rest = parser.parse_known_args(argv)
     try:
         C = apply_overrides(C, rest)
+        if args.dry_run:
+            return dry_run(C, root=os.getcwd(), argv=rest)
         summary = fit(C, root=os.getcwd(), resume=args.resume, argv=[sys.argv[0], *argv])
     except CpclError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if summary["interrupted"]:
         print(
             "training interrupted; resume with: -c "
             + os.path.join(summary["snapshot_dir"], "interrupted.pth")
         )
-    else:
-        print(_finished(summary, rest))
+        return EXIT_INTERRUPTED
+    print(_finished(summary, rest))
     return 0
