@@ -243,6 +243,7 @@ def test_a_cpu_run_with_cuda_graphs_is_refused_before_any_work(tmp_path):
         "--labeled_ratio=4",
         "--num_classes=4",
         "--device=cpu",
+        "--pretrained_model=None",
         "--cuda_graphs=true",
     ]
     C = apply_overrides(load_preset("voc"), argv)

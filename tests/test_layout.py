@@ -120,3 +120,14 @@ def test_layers_import_downwards():
             if any(module == f or module.startswith(f + ".") for f in forbidden):
                 offenders.append(f"{path.relative_to(PKG)} imports {module}")
     assert offenders == [], "imports that run up the layers:\n" + "\n".join(offenders)
+
+
+# One concern per module (the style guide's "modules stay under ~500 lines"): a module that
+# grows past this is split along its concerns, not allowed to creep.
+MAX_MODULE_LINES = 500
+
+
+def test_no_package_module_is_over_the_size_limit():
+    sizes = {str(p.relative_to(PKG)): len(p.read_text().splitlines()) for p in PKG.rglob("*.py")}
+    over = {name: n for name, n in sorted(sizes.items()) if n > MAX_MODULE_LINES}
+    assert over == {}, f"modules over {MAX_MODULE_LINES} lines (split them): {over}"

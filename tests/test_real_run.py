@@ -15,7 +15,7 @@ from conftest import TINY_TRAIN
 import cpcl.engine as engine
 from cpcl.cli import train as train_cli
 from cpcl.config import PRESETS, load_preset
-from cpcl.engine.resolve import apply_overrides
+from cpcl.engine.resolve import RECIPE_PRESETS, apply_overrides
 from cpcl.errors import ConfigError
 from cpcl.fileio import _host
 from cpcl.methods import get_method, method_names
@@ -91,15 +91,21 @@ def test_shipped_experiment_configs_name_the_official_file():
     for exp in ("exp_voc", "exp_city"):
         text = (REPO / exp / "config.py").read_text()
         assert 'C.pretrained_model = "DATA/pytorch-weight/resnet50_v1c.pth"' in text
-    for name in PRESETS:
+    for name in RECIPE_PRESETS:
         assert load_preset(name).pretrained_model == "DATA/pytorch-weight/resnet50_v1c.pth"
+    # Every method on every dataset it has settings for resolves to an official file.
+    for name in PRESETS:
+        for method in method_names():
+            if name in (tuple(get_method(method).defaults) or RECIPE_PRESETS):
+                C = apply_overrides(load_preset(name), [f"--method={method}"])
+                assert C.pretrained_model in OFFICIAL_WEIGHTS, (name, method)
 
 
 @pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("dataset", PRESETS)
 def test_method_on_a_dataset_without_its_defaults_is_refused(method, dataset):
-    has = get_method(method).defaults
-    if not has or dataset in has:
+    has = tuple(get_method(method).defaults) or RECIPE_PRESETS
+    if dataset in has:
         apply_overrides(load_preset(dataset), [f"--method={method}"])  # accepted
         return
     with pytest.raises(ConfigError) as info:

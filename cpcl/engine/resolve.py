@@ -50,15 +50,21 @@ def method_class(name: str) -> type[Method]:
     return get_method(name)
 
 
+# The dataset presets whose own values are an official recipe (CPCL's configs): a method that
+# declares no `defaults` runs with these and on these only.
+RECIPE_PRESETS = ("voc", "cityscapes")
+
+
 def check_method_dataset(C: EasyDict) -> None:
-    """Refuse `C.method` on a dataset its `Method.defaults` has no entry for (a method that
-    declares no defaults at all runs anywhere: its settings are the preset's)."""
+    """Refuse `C.method` on a dataset its `Method.defaults` has no entry for; a method that
+    declares no defaults at all runs on the presets that are its recipe (`RECIPE_PRESETS`)."""
     cls = method_class(C.method)
     dataset = C.get("dataset_name")
-    if cls.defaults and dataset not in cls.defaults:
+    allowed = tuple(cls.defaults) or RECIPE_PRESETS
+    if dataset not in allowed:
         raise ConfigError(
             f"C.method = {C.method!r} on C.dataset_name = {dataset!r}: the method has no "
-            f"official settings for this dataset; expected one of {', '.join(cls.defaults)}"
+            f"official settings for this dataset; expected one of {', '.join(allowed)}"
         )
 
 

@@ -14,6 +14,9 @@ def defaults() -> EasyDict:
     """Return the ADE20K defaults (the VOC training values, 150 classes, 20,210 images)."""
     C = voc.defaults()
     C.dataset_name = "ade20k"
+    C.method = "unimatch_v2"  # the one method with an official ADE20K recipe here
+    C.backbone = "dinov2_small"  # its official encoder and file (its defaults repeat them)
+    C.pretrained_model = "DATA/pytorch-weight/dinov2_small.pth"
     C.num_classes = 150
     C.background = 255  # no background class: 0 is "wall"
     C.ignore_index = 255

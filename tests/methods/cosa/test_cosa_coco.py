@@ -20,6 +20,7 @@ from PIL import Image
 import cpcl.engine as engine
 from cpcl.checkpoint import load_checkpoint
 from cpcl.cli.evaluate import main as eval_main
+from cpcl.cli.train import main as train_main
 from cpcl.data.datasets import build_dataset, class_names, palette_for
 from cpcl.data.toy import make_toy_coco
 from cpcl.engine.resolve import apply_overrides, finalize
@@ -44,6 +45,7 @@ def _exp_coco_config():
 
 TINY = (
     "--method=cosa",
+    "--pretrained_model=None",
     "--num_classes=4",
     "--cosa_backbone=vit_toy_patch16",
     "--cosa_decoder_width=16",
@@ -107,7 +109,7 @@ def _equal(a: dict, b: dict) -> None:
 @pytest.mark.slow
 def test_train_resume_exactly_and_evaluate(toy_coco: Path, tmp_path: Path, monkeypatch, capsys):
     root = str(REPO / "exp_coco")
-    assert engine.main(_exp_coco_config(), _args(toy_coco, tmp_path / "full")) == 0
+    assert train_main(_exp_coco_config(), _args(toy_coco, tmp_path / "full")) == 0
     snap = tmp_path / "full" / "snapshot"
     log = "".join(p.read_text() for p in (tmp_path / "full").glob("*.log"))
     assert "training cosa vit_toy_patch16 on cpu" in log  # the ViT, not C.backbone
@@ -125,11 +127,11 @@ def test_train_resume_exactly_and_evaluate(toy_coco: Path, tmp_path: Path, monke
     # Stop inside the second epoch, resume: the same weights, teacher, optimiser, best scores.
     monkeypatch.setattr(engine.loop, "train_step", StopAfter(3))
     split = _args(toy_coco, tmp_path / "split")
-    assert engine.main(_exp_coco_config(), split) == 0
+    assert train_main(_exp_coco_config(), split) == 130  # interrupted (docs/training.md)
     monkeypatch.undo()
     interrupted = tmp_path / "split" / "snapshot" / "interrupted.pth"
     assert load_checkpoint(interrupted)["next_iter"] == 1
-    assert engine.main(_exp_coco_config(), ["-c", str(interrupted), *split]) == 0
+    assert train_main(_exp_coco_config(), ["-c", str(interrupted), *split]) == 0
     resumed = load_checkpoint(tmp_path / "split" / "snapshot" / "epoch-last.pth")
     _equal(resumed["model"], reference["model"])
     _equal(resumed["method_state"]["teacher"], reference["method_state"]["teacher"])

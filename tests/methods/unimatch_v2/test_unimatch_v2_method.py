@@ -105,17 +105,15 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.lr == 0.123 and C.unimatch_v2_conf_thresh == 0.5 and C.nepochs == p["epochs"]
 
 
-def test_coco_defaults():
-    d, p = UniMatchV2.defaults["coco"], UNIMATCH_V2_PRESETS["coco"]
-    with pytest.raises(ConfigError, match="COCO 2017"):  # the coco preset is CoSA's layout
+def test_coco_is_refused_until_its_layout_is_wired():
+    # The coco preset is CoSA's COCO-2014 layout; UniMatch V2 trains on COCO 2017.
+    assert "coco" not in UniMatchV2.defaults and UNIMATCH_V2_PRESETS["coco"]["epochs"] == 20
+    with pytest.raises(ConfigError, match="expected one of voc, cityscapes, ade20k"):
         apply_overrides(load_preset("coco"), ["--method=unimatch_v2"])
-    assert d["image_height"] == p["crop_size"] == 518 and d["nepochs"] == p["epochs"] == 20
-    assert d["batch_size"] == 4 * p["batch_size"] and d["sup_loss"] == "ce"
-    assert d["unimatch_v2_lock_backbone"] is p["lock_backbone"] is False
 
 
 def test_ade20k_preset_names_layout_and_splits(tmp_path):
-    C = finalize(load_preset("ade20k"), root=tmp_path)
+    C = finalize(apply_overrides(load_preset("ade20k"), []), root=tmp_path)
     assert C.num_classes == len(class_names("ade20k")) == 150
     assert class_names("ade20k")[:3] == ("wall", "building", "sky") and "bed" in class_names(
         "ade20k"
