@@ -67,6 +67,56 @@ def _batch(
     return x, torch.from_numpy(np.stack(labels))
 
 
+def is_cached(out: Path, params: dict[str, Any]) -> bool:
+    """True when `out` exists and its settings record (`<out>.json`) names exactly `params`
+    (a damaged record counts as absent: the caller trains again)."""
+    meta = _meta_path(out)
+    if not (out.is_file() and meta.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("params") == params
+    except ValueError:
+        return False
+
+
+def train_toy_segmenter(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    schedule: WarmUpPolyLR,
+    rng: np.random.Generator,
+    *,
+    out: Path,
+    params: dict[str, Any],
+    device: str,
+    progress: bool,
+    what: str,
+) -> Path:
+    """Train `net` (a segmenter with a `.backbone`) with cross-entropy on streamed scenes of
+    `PRETRAIN_OBJECTS` (`params` gives iters, batch_size, size, difficulty), then save its
+    backbone as `{'model': state_dict}` at `out` atomically with the settings record next to
+    it. Returns `out`."""
+    iters, batch_size = int(params["iters"]), int(params["batch_size"])
+    size, difficulty = int(params["size"]), str(params["difficulty"])
+    preset = defaults()  # the mean/std the training pipeline normalises with
+    t0 = time.perf_counter()
+    losses: list[torch.Tensor] = []
+    bar = tqdm(range(iters), desc=f"{what} pre-training", disable=not progress, leave=False)
+    for it in bar:
+        set_lr(opt, schedule.get_lr(it))
+        x, y = _batch(rng, batch_size, size, difficulty, preset.image_mean, preset.image_std)
+        loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    final = float(torch.stack(losses[-20:]).mean()) if losses else float("nan")
+    save_checkpoint(out, net.backbone)
+    record = {"params": params, "final_loss": round(final, 4), "seconds": time.perf_counter() - t0}
+    atomic_write_text(_meta_path(out), json.dumps(record, indent=1) + "\n")
+    log.info("%s pre-trained in %.0f s (loss %.3f): %s", what, record["seconds"], final, out)
+    return out
+
+
 def pretrain_toy_backbone(
     out: str | Path,
     *,
@@ -101,34 +151,15 @@ def pretrain_toy_backbone(
         difficulty=difficulty,
         objects=list(PRETRAIN_OBJECTS),
     )
-    meta = _meta_path(out)
-    if out.is_file() and meta.is_file():
-        try:
-            if json.loads(meta.read_text()).get("params") == params:
-                return out
-        except ValueError:
-            pass  # a damaged record: train again
-    preset = defaults()  # the mean/std the training pipeline normalises with
+    if is_cached(out, params):
+        return out
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2023])
     settings = ModelSettings(1 + len(PRETRAIN_OBJECTS), backbone)
     net = build_model("deeplabv3plus", settings).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    t0 = time.perf_counter()
-    losses: list[torch.Tensor] = []
-    bar = tqdm(range(iters), desc="toy pre-training", disable=not progress, leave=False)
     schedule = WarmUpPolyLR(lr, 0.9, iters)
-    for it in bar:
-        set_lr(opt, schedule.get_lr(it))
-        x, y = _batch(rng, batch_size, size, difficulty, preset.image_mean, preset.image_std)
-        loss = F.cross_entropy(net(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    final = float(torch.stack(losses[-20:]).mean()) if losses else float("nan")
-    save_checkpoint(out, net.backbone)
-    record = {"params": params, "final_loss": round(final, 4), "seconds": time.perf_counter() - t0}
-    atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
-    log.info("toy backbone pre-trained in %.0f s (loss %.3f): %s", record["seconds"], final, out)
-    return out
+    return train_toy_segmenter(
+        net, opt, schedule, rng, out=out, params=params, device=device, progress=progress,
+        what="toy backbone",
+    )  # fmt: skip

@@ -53,7 +53,7 @@ from .eval import EVAL_MODES, evaluate_unimatch
 from .losses import build_criterion_l
 from .net import UniMatchDeepLabV3Plus, load_unimatch_pretrained
 from .optim import build_unimatch_optimizer, lr_for_step, set_unimatch_lr
-from .presets import UNIMATCH_PRESETS
+from .presets import UNIMATCH_PRESETS, config_number, criterion_keys
 from .step import unimatch_forward_loss
 from .views import MIX_PARTNERS, UniMatchView, UniMatchViewSettings
 
@@ -82,25 +82,8 @@ def _official(preset: str) -> dict[str, Any]:
         "unimatch_scale_range": tuple(p["scale_range"]),
         "unimatch_eval_mode": p["eval_mode"],
     }
-    criterion = p["criterion"]
-    if criterion["name"] == "OHEM":
-        kw = criterion["kwargs"]
-        out.update(
-            sup_loss="ohem",
-            ohem_thresh=kw["thresh"],
-            # min_kept counts over the batch one process sees (2 images per GPU).
-            ohem_min_kept_per_image=kw["min_kept"] // p["batch_size"],
-        )
-    else:
-        out["sup_loss"] = "ce"
+    out.update(criterion_keys(p["criterion"], per_gpu_batch=p["batch_size"]))
     return out
-
-
-def _number(C: Any, key: str) -> float:
-    value = C.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"C.{key} = {value!r}: expected a number")
-    return float(value)
 
 
 # Speed defaults (not official settings; same maths up to float summation order): channels-last
@@ -163,10 +146,10 @@ class UniMatch(Method):
     @classmethod
     def check_config(cls, C: Any) -> None:
         """Named errors for values UniMatch cannot run with."""
-        thresh = _number(C, "unimatch_conf_thresh")
+        thresh = config_number(C, "unimatch_conf_thresh")
         if not 0.0 <= thresh <= 1.0:
             raise ConfigError(f"C.unimatch_conf_thresh = {thresh}: expected 0 <= value <= 1")
-        if _number(C, "unimatch_lr_multi") <= 0:
+        if config_number(C, "unimatch_lr_multi") <= 0:
             raise ConfigError(f"C.unimatch_lr_multi = {C.unimatch_lr_multi}: expected > 0")
         if C.get("unimatch_mix_partner") not in MIX_PARTNERS:
             raise ConfigError(

@@ -35,6 +35,7 @@ __all__ = [
     "UniMatchLoss",
     "UniMatchLossWeights",
     "build_criterion_l",
+    "check_loss_inputs",
     "confident_ce",
     "cutmix_targets",
     "pseudo_labels",
@@ -159,20 +160,21 @@ def confident_ce(
     return (ce * selected).sum() / denom, denom, selected.sum()
 
 
-def _check_inputs(preds: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+def check_loss_inputs(where: str, preds: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+    """CpclError (prefixed `where`) unless every prediction but `pred_x` has the (B,C,H,W)
+    shape of `pred_u_w` and every mask is (B,H,W) of it (UniMatch and UniMatch V2 losses)."""
     ref = preds["pred_u_w"].shape
     if len(ref) != 4:
-        raise CpclError(f"unimatch_loss: pred_u_w has shape {tuple(ref)}; expected (B,C,H,W)")
+        raise CpclError(f"{where}: pred_u_w has shape {tuple(ref)}; expected (B,C,H,W)")
     for name, t in preds.items():
         if name != "pred_x" and t.shape != ref:
             raise CpclError(
-                f"unimatch_loss: {name} has shape {tuple(t.shape)}; expected {tuple(ref)} "
-                f"like pred_u_w"
+                f"{where}: {name} has shape {tuple(t.shape)}; expected {tuple(ref)} like pred_u_w"
             )
     for name, t in masks.items():
         if t.shape != (ref[0], *ref[2:]):
             raise CpclError(
-                f"unimatch_loss: {name} has shape {tuple(t.shape)}; expected "
+                f"{where}: {name} has shape {tuple(t.shape)}; expected "
                 f"{(ref[0], *ref[2:])} (B,H,W of pred_u_w)"
             )
 
@@ -211,7 +213,8 @@ def unimatch_loss(
     """
     if not 0.0 <= float(conf_thresh) <= 1.0:
         raise CpclError(f"unimatch_loss conf_thresh={conf_thresh!r}: expected 0 <= value <= 1")
-    _check_inputs(
+    check_loss_inputs(
+        "unimatch_loss",
         {
             "pred_x": pred_x,
             "pred_u_w": pred_u_w,

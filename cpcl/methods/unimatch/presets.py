@@ -26,9 +26,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ...errors import CpclError
+from ...errors import ConfigError, CpclError
 
-__all__ = ["UNIMATCH_PRESETS", "unimatch_preset"]
+__all__ = ["UNIMATCH_PRESETS", "config_number", "criterion_keys", "unimatch_preset"]
 
 _COMMON: dict[str, Any] = {
     "backbone": "resnet101",
@@ -76,3 +76,25 @@ def unimatch_preset(name: str) -> dict[str, Any]:
     if name not in UNIMATCH_PRESETS:
         raise CpclError(f"UniMatch preset {name!r}: expected one of {sorted(UNIMATCH_PRESETS)}")
     return copy.deepcopy(UNIMATCH_PRESETS[name])
+
+
+def criterion_keys(criterion: dict[str, Any], per_gpu_batch: int) -> dict[str, Any]:
+    """An official yaml `criterion` (CELoss, or OHEM with `thresh` and `min_kept`) as project
+    config keys; OHEM's `min_kept` counts over the batch one process sees (`per_gpu_batch`
+    images), ours per image. Shared by UniMatch and UniMatch V2 (same yaml format)."""
+    if criterion["name"] != "OHEM":
+        return {"sup_loss": "ce"}
+    kw = criterion["kwargs"]
+    return {
+        "sup_loss": "ohem",
+        "ohem_thresh": kw["thresh"],
+        "ohem_min_kept_per_image": kw["min_kept"] // per_gpu_batch,
+    }
+
+
+def config_number(C: Any, key: str) -> float:
+    """`C[key]` as a float; ConfigError naming the key when it is not a number."""
+    value = C.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"C.{key} = {value!r}: expected a number")
+    return float(value)

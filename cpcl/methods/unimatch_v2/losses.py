@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ...errors import CpclError
-from ..unimatch.losses import IGNORE, build_criterion_l, confident_ce, cutmix_targets, pseudo_labels
+from ..unimatch.losses import (
+    IGNORE,
+    build_criterion_l,
+    check_loss_inputs,
+    confident_ce,
+    cutmix_targets,
+    pseudo_labels,
+)
 
 __all__ = ["UniMatchV2Loss", "build_criterion_l", "flip_cutmix_targets", "unimatch_v2_loss"]
 
@@ -69,24 +76,6 @@ def flip_cutmix_targets(box: Tensor, *own: Tensor) -> tuple[Tensor, ...]:
     return cutmix_targets(box, own, tuple(t.flip(0) for t in own))
 
 
-def _check(preds: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
-    ref = preds["pred_u_w"].shape
-    if len(ref) != 4:
-        raise CpclError(f"unimatch_v2_loss: pred_u_w has shape {tuple(ref)}; expected (B,C,H,W)")
-    for name, t in preds.items():
-        if t.shape != ref:
-            raise CpclError(
-                f"unimatch_v2_loss: {name} has shape {tuple(t.shape)}; expected {tuple(ref)} "
-                "like pred_u_w"
-            )
-    for name, t in masks.items():
-        if t.shape != (ref[0], *ref[2:]):
-            raise CpclError(
-                f"unimatch_v2_loss: {name} has shape {tuple(t.shape)}; expected "
-                f"{(ref[0], *ref[2:])} (B,H,W of pred_u_w)"
-            )
-
-
 def unimatch_v2_loss(
     pred_x: Tensor,
     mask_x: Tensor,
@@ -114,7 +103,8 @@ def unimatch_v2_loss(
     """
     if not 0.0 <= float(conf_thresh) <= 1.0:
         raise CpclError(f"unimatch_v2_loss conf_thresh={conf_thresh!r}: expected 0 <= value <= 1")
-    _check(
+    check_loss_inputs(
+        "unimatch_v2_loss",
         {"pred_u_w": pred_u_w, "pred_u_s1": pred_u_s1, "pred_u_s2": pred_u_s2},
         {"cutmix_box1": cutmix_box1, "cutmix_box2": cutmix_box2, "ignore_mask": ignore_mask},
     )

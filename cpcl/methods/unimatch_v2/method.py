@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from ...checkpoint import unwrap
 from ...errors import CheckpointError, ConfigError
 from ..base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
+from ..unimatch.presets import config_number, criterion_keys
 from .evaluate import (
     EVAL_MODES,
     OFFICIAL_MULTIPLIER,
@@ -108,25 +109,8 @@ def _official(preset: str) -> dict[str, Any]:
         "lr_power": 0.9,
         "warm_up_epoch": 0,
     }
-    criterion = p["criterion"]
-    if criterion["name"] == "OHEM":
-        kw = criterion["kwargs"]
-        out.update(
-            sup_loss="ohem",
-            ohem_thresh=kw["thresh"],
-            # min_kept counts over the batch one process sees (batch_size per GPU).
-            ohem_min_kept_per_image=kw["min_kept"] // p["batch_size"],
-        )
-    else:
-        out["sup_loss"] = "ce"
+    out.update(criterion_keys(p["criterion"], per_gpu_batch=p["batch_size"]))
     return out
-
-
-def _number(C: Any, key: str) -> float:
-    value = C.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"C.{key} = {value!r}: expected a number")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -203,10 +187,10 @@ class UniMatchV2(Method):
     @classmethod
     def check_config(cls, C: Any) -> None:
         """Named errors for values UniMatch V2 cannot run with."""
-        thresh = _number(C, "unimatch_v2_conf_thresh")
+        thresh = config_number(C, "unimatch_v2_conf_thresh")
         if not 0.0 <= thresh <= 1.0:
             raise ConfigError(f"C.unimatch_v2_conf_thresh = {thresh}: expected 0 <= value <= 1")
-        if _number(C, "unimatch_v2_lr_multi") <= 0:
+        if config_number(C, "unimatch_v2_lr_multi") <= 0:
             raise ConfigError(f"C.unimatch_v2_lr_multi = {C.unimatch_v2_lr_multi}: expected > 0")
         for key, choices in (
             ("unimatch_v2_eval_mode", EVAL_MODES),

@@ -27,23 +27,16 @@ warm-up iterations (the defaults).
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from ...checkpoint import save_checkpoint
 from ...errors import CpclError
-from ...fileio import atomic_write_text
-from ...optim import WarmUpPolyLR, set_lr
-from ...presets.common import defaults
-from ...toy_pretrain import PRETRAIN_OBJECTS, _batch
+from ...optim import WarmUpPolyLR
+from ...toy_pretrain import PRETRAIN_OBJECTS, is_cached, train_toy_segmenter
 from .dinov2 import PATCH_SIZE
 from .net import build_unimatch_v2_net
 
@@ -104,33 +97,14 @@ def pretrain_toy_dinov2(
         objects=list(PRETRAIN_OBJECTS),
         optimizer="AdamW(0.9, 0.999, wd 0.01), poly 0.9",
     )
-    meta = out.with_name(out.name + ".json")
-    if out.is_file() and meta.is_file():
-        try:
-            if json.loads(meta.read_text()).get("params") == params:
-                return out
-        except ValueError:
-            pass  # a damaged record: train again
-    preset = defaults()  # the mean/std the training pipeline normalises with
+    if is_cached(out, params):
+        return out
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2024])
     net = build_unimatch_v2_net(backbone, 1 + len(PRETRAIN_OBJECTS)).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
     schedule = WarmUpPolyLR(lr, 0.9, iters, warmup)
-    t0 = time.perf_counter()
-    losses: list[torch.Tensor] = []
-    bar = tqdm(range(iters), desc="toy DINOv2 pre-training", disable=not progress, leave=False)
-    for it in bar:
-        set_lr(opt, schedule.get_lr(it))
-        x, y = _batch(rng, batch_size, size, difficulty, preset.image_mean, preset.image_std)
-        loss = F.cross_entropy(net(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    final = float(torch.stack(losses[-20:]).mean()) if losses else float("nan")
-    save_checkpoint(out, net.backbone)
-    record = {"params": params, "final_loss": round(final, 4), "seconds": time.perf_counter() - t0}
-    atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
-    log.info("toy DINOv2 pre-trained in %.0f s (loss %.3f): %s", record["seconds"], final, out)
-    return out
+    return train_toy_segmenter(
+        net, opt, schedule, rng, out=out, params=params, device=device, progress=progress,
+        what="toy DINOv2",
+    )  # fmt: skip
