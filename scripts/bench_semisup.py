@@ -108,6 +108,10 @@ METHOD_OVERRIDES: dict[str, tuple[str, ...]] = {
         "--image_height=56",
         "--image_width=56",
         "--lr=2.5e-5",
+        # The project's evaluator on the last snapshot, as every other row (its defaults are
+        # the official protocol after every epoch).
+        "--eval_every=0",
+        "--eval_protocol=cpcl",
     ),
 }
 # The methods whose encoder is the toy DINOv2 (their own pre-trained file).
