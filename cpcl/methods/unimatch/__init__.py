@@ -50,7 +50,7 @@ from ...errors import ConfigError
 from ...models import ModelSettings
 from ..base import Method, OfficialEvaluator, StepInfo
 from .eval import EVAL_MODES, evaluate_unimatch
-from .losses import build_criterion_l
+from .losses import criterion_from_config
 from .net import UniMatchDeepLabV3Plus, load_unimatch_pretrained
 from .optim import build_unimatch_optimizer, lr_for_step, set_unimatch_lr
 from .presets import UNIMATCH_PRESETS, config_number, criterion_keys
@@ -188,17 +188,7 @@ class UniMatch(Method):
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> UniMatch:
         """Read the UniMatch keys of a finalized config."""
-        if C.sup_loss == "ohem":
-            kwargs = {
-                "ignore_index": int(C.get("ignore_index", 255)),
-                "thresh": float(C.get("ohem_thresh", 0.7)),
-                "min_kept": int(C.get("ohem_min_kept_per_image", 100000)) * per_rank_batch,
-            }
-            criterion = build_criterion_l("OHEM", kwargs)
-        else:
-            criterion = build_criterion_l(
-                "CELoss", {"ignore_index": int(C.get("ignore_index", 255))}
-            )
+        criterion = criterion_from_config(C, per_rank_batch)
         settings = UniMatchSettings(
             conf_thresh=float(C.unimatch_conf_thresh),
             lr=float(C.lr),

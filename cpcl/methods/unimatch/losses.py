@@ -37,6 +37,7 @@ __all__ = [
     "build_criterion_l",
     "check_loss_inputs",
     "confident_ce",
+    "criterion_from_config",
     "cutmix_targets",
     "pseudo_labels",
     "unimatch_loss",
@@ -158,6 +159,21 @@ def confident_ce(
     ce = F.cross_entropy(pred, target, reduction="none")
     denom = valid.sum()
     return (ce * selected).sum() / denom, denom, selected.sum()
+
+
+def criterion_from_config(C: Any, per_rank_batch: int) -> nn.Module:
+    """The supervised criterion `C.sup_loss` names: OHEM (`ohem_thresh`, and
+    `ohem_min_kept_per_image` x the images one process sees) or plain CE; both ignore
+    `C.ignore_index` (UniMatch and UniMatch V2)."""
+    ignore = int(C.get("ignore_index", 255))
+    if C.sup_loss == "ohem":
+        kwargs = {
+            "ignore_index": ignore,
+            "thresh": float(C.get("ohem_thresh", 0.7)),
+            "min_kept": int(C.get("ohem_min_kept_per_image", 100000)) * per_rank_batch,
+        }
+        return build_criterion_l("OHEM", kwargs)
+    return build_criterion_l("CELoss", {"ignore_index": ignore})
 
 
 def check_loss_inputs(where: str, preds: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from ...checkpoint import unwrap
 from ...errors import CheckpointError, ConfigError
 from ..base import Method, OfficialEvaluator, StepInfo, TrainEvalContext
+from ..unimatch.losses import criterion_from_config
 from ..unimatch.presets import config_number, criterion_keys
 from .evaluate import (
     EVAL_MODES,
@@ -60,7 +61,6 @@ from .evaluate import (
     Multiple14,
     evaluate_unimatch_v2,
 )
-from .losses import build_criterion_l
 from .net import BACKBONES, build_unimatch_v2_net, load_dinov2_pretrained, lock_backbone
 from .presets import UNIMATCH_V2_PRESETS
 from .schedule import (
@@ -228,16 +228,7 @@ class UniMatchV2(Method):
     @classmethod
     def from_config(cls, C: Any, *, per_rank_batch: int) -> UniMatchV2:
         """Read the UniMatch V2 keys of a finalized config."""
-        ignore = int(C.get("ignore_index", 255))
-        if C.sup_loss == "ohem":
-            kwargs = {
-                "ignore_index": ignore,
-                "thresh": float(C.get("ohem_thresh", 0.7)),
-                "min_kept": int(C.get("ohem_min_kept_per_image", 100000)) * per_rank_batch,
-            }
-            criterion = build_criterion_l("OHEM", kwargs)
-        else:
-            criterion = build_criterion_l("CELoss", {"ignore_index": ignore})
+        criterion = criterion_from_config(C, per_rank_batch)
         settings = UniMatchV2Settings(
             conf_thresh=float(C.unimatch_v2_conf_thresh),
             lr=float(C.lr),
