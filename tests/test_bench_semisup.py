@@ -95,6 +95,34 @@ def test_run_one_settings_and_snapshot_cleanup(bench, tmp_path, monkeypatch):
         assert seen == {"lr": pytest.approx(lr), "method": method, "seed": 3}
 
 
+def test_control_row_runs_unimatch_v2_without_pseudo_labels(bench, tmp_path, monkeypatch):
+    """`sup_dinov2` trains UniMatch V2 with every `unimatch_v2` override plus a confidence
+    threshold of 1.0; it is not judged against `sup`, and the `unimatch_v2` row gets its
+    per-seed difference to it."""
+    seen = {}
+
+    def fake_fit(C, root):
+        seen.update(method=C.method, lr=C.lr, crop=C.image_height, thresh=C.unimatch_v2_conf_thresh)
+        (tmp_path / "snap").mkdir(exist_ok=True)
+        return {"snapshot_dir": str(tmp_path / "snap")}
+
+    monkeypatch.setattr(bench, "fit", fake_fit)
+    monkeypatch.setattr(bench, "finalize", lambda C, root: C)
+    monkeypatch.setattr(bench, "evaluate_snapshot", lambda *a, **k: {"miou": 0.5})
+    runs = {}
+    for row in ("unimatch_v2", "sup_dinov2"):
+        bench.run_one(row, 0, str(tmp_path), str(tmp_path / "bb.pth"), str(tmp_path / row), [])
+        runs[row] = dict(seen)
+    assert runs["sup_dinov2"] == {**runs["unimatch_v2"], "thresh": 1.0}
+    assert runs["unimatch_v2"]["method"] == "unimatch_v2" and runs["unimatch_v2"]["thresh"] < 1
+    table = {"sup": [20.0, 22.0], "unimatch_v2": [40.0, 30.0], "sup_dinov2": [35.0, 36.0]}
+    rows = {r["method"]: r for r in bench.summarize(_results(table), list(table), [0, 1])}
+    assert "target_met" not in rows["sup_dinov2"] and "gain_over_sup" not in rows["sup_dinov2"]
+    assert rows["unimatch_v2"]["gain_over_sup_dinov2_per_seed"] == pytest.approx([5.0, -6.0])
+    assert rows["unimatch_v2"]["target_met"]
+    assert "minus sup_dinov2" in bench.format_table(list(rows.values()))
+
+
 def test_plot_from_a_saved_result_redraws_the_chart(bench, tmp_path):
     """`--plot-from` draws the chart from a saved JSON line (alone or at the end of a saved
     output) without training; the PNG has one group per method."""
@@ -180,3 +208,24 @@ def test_weak_summary_cosa_against_the_best_cam_of_each_run(bench):
     assert "minus the best CAM (main or aux) of the CAM baseline's run: -1.00 +6.00" in text
     # Runs without scores (older results): no such comparison.
     assert "best_own_cam_per_seed" not in bench.summarize(_results(table), list(table), [0, 1])[1]
+
+
+@pytest.mark.parametrize(
+    "name", ["bench_semisup_unimatch_v2.json", "bench_semisup_unimatch_v2_heldout.json"]
+)
+def test_committed_unimatch_v2_rows_match_the_current_settings(bench, name):
+    """The UniMatch V2 toy rows in docs/methods/unimatch_v2.md: measured with the settings the
+    script runs today (`row_settings`), every mean the mean of its seeds, the control's
+    per-seed differences consistent, and the target met on every seed."""
+    result = json.loads((REPO / "docs" / name).read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == {"sup", "unimatch_v2", "sup_dinov2"}
+    for row in ("unimatch_v2", "sup_dinov2"):
+        assert result["row_settings"][row] == list(bench._row_overrides(row))
+    n = len(result["seeds"])
+    for row in rows.values():
+        assert row["miou_mean"] == pytest.approx(sum(row["per_seed"]) / n, abs=0.01)
+    v2, control = rows["unimatch_v2"]["per_seed"], rows["sup_dinov2"]["per_seed"]
+    diffs = [a - b for a, b in zip(v2, control, strict=True)]
+    assert rows["unimatch_v2"]["gain_over_sup_dinov2_per_seed"] == pytest.approx(diffs, abs=0.011)
+    assert rows["unimatch_v2"]["target_met"] and min(v2) > max(rows["sup"]["per_seed"])
