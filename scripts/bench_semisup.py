@@ -21,6 +21,12 @@ U2PL and UniMatch keep their official 10x head lr multiplier, so `METHOD_OVERRID
 backbone lr to 0.001 (their official VOC value): their heads train at 0.01, the lr of every
 parameter in the other rows.
 
+UniMatch V2 is opt-in (`--methods sup unimatch_v2 sup_dinov2`). It starts from its own
+pre-trained toy DINOv2 (`pretrain_toy_dinov2`) with the settings of `METHOD_OVERRIDES`.
+`sup_dinov2` is a control row (`CONTROL_ROWS`): the same run with no pseudo label passing, so
+that the table separates the encoder's gain from the unlabeled images'. The JSON line lists
+each row's own overrides under `row_settings`.
+
 The table gives, per method, the mean gain over `sup` and the margin of its worst seed over the
 best `sup` seed; the target (issue #17) is a gain of at least 5 points with a positive margin.
 Robustness checks: `--pretrain-seed 1` (another backbone), `--jobs 1 --threads 2` (another

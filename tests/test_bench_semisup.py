@@ -211,7 +211,7 @@ def test_weak_summary_cosa_against_the_best_cam_of_each_run(bench):
 
 
 @pytest.mark.parametrize(
-    "name", ["bench_semisup_unimatch_v2.json", "bench_semisup_unimatch_v2_heldout.json"]
+    "name", ["bench_semisup_unimatch_v2.json", "bench_semisup_unimatch_v2_seeds10-15.json"]
 )
 def test_committed_unimatch_v2_rows_match_the_current_settings(bench, name):
     """The UniMatch V2 toy rows in docs/methods/unimatch_v2.md: measured with the settings the
