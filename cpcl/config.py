@@ -46,9 +46,15 @@ from easydict import EasyDict
 
 from .errors import ConfigError
 
-PRESETS = ("voc", "cityscapes", "coco", "ade20k")
+PRESETS = ("voc", "cityscapes", "coco", "ade20k", "coco2017")
 # Default dataset folder under <repository>/DATA per preset.
-_DATA_DIRS = {"voc": "pascal_voc", "cityscapes": "city", "coco": "coco", "ade20k": "ade20k"}
+_DATA_DIRS = {
+    "voc": "pascal_voc",
+    "cityscapes": "city",
+    "coco": "coco",
+    "ade20k": "ade20k",
+    "coco2017": "coco2017",
+}
 
 # Types of keys whose preset default is None (so the type cannot be read off the default).
 _NONE_DEFAULT_TYPES: dict[str, type] = {
@@ -281,7 +287,7 @@ def default_split_paths(C: EasyDict) -> tuple[str, str, str]:
     """The official list files for `C.labeled_ratio` under `C.dataset_path` (CPS layout)."""
     root = C.dataset_path
     r = C.labeled_ratio
-    if C.dataset_name == "ade20k":  # UniMatch V2's splits/ade20k/ copied to <root>/splits
+    if C.dataset_name in ("ade20k", "coco2017"):  # UniMatch V2's splits/<name>/ in <root>/splits
         sub = os.path.join(root, "splits", f"1_{r}")
         return (
             os.path.join(sub, "labeled.txt"),

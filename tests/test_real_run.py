@@ -53,6 +53,7 @@ class _NoImages:
         ("coco", "cosa", "DATA/pytorch-weight/jx_vit_base_p16_224-80ecf9dd.pth"),
         ("voc", "unimatch_v2", "DATA/pytorch-weight/dinov2_small.pth"),
         ("ade20k", "unimatch_v2", "DATA/pytorch-weight/dinov2_small.pth"),
+        ("coco2017", "unimatch_v2", "DATA/pytorch-weight/dinov2_small.pth"),
     ],
 )
 def test_default_run_without_the_weights_file_stops_at_start_up(

@@ -1,8 +1,8 @@
 """Datasets: class names and colours, image/label reading with clear errors, `SegDataset`.
 
 Images are returned as HxWx3 uint8 RGB (the official loaders read BGR with OpenCV and flip
-to RGB; COCO, CoSA's layout, is decoded as CoSA's loader does it: PIL ``.convert('RGB')``,
-no EXIF rotation). Labels are HxW uint8 class indices with 255 = ignore. Labels are read with PIL so
+to RGB; COCO, CoSA's layout, and COCO 2017, UniMatch V2's, are decoded as their loaders do
+it: PIL ``.convert('RGB')``, no EXIF rotation). Labels are HxW uint8 class indices with 255 = ignore. Labels are read with PIL so
 that palette ("P" mode) PNGs give their raw indices; the official `cv2.IMREAD_GRAYSCALE` read
 would turn a palette PNG into luminance values, i.e. wrong classes.
 """
@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ConfigError, DataError
 from ..presets.toy import exp_voc_toy_commands
 from .ade20k import ADE20K_CLASSES, ADE20K_TREE
+from .coco2017 import COCO2017_TREE
 from .splits import parse_split
 
 IGNORE_INDEX = 255
@@ -59,6 +60,10 @@ COCO_CLASSES: tuple[str, ...] = (
     "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
+
+# UniMatch V2's COCO 2017 classes (`util/classes.py` `CLASSES['coco'][:81]`): CoSA's names but
+# "void" for index 0 (see cpcl.data.coco2017).
+COCO2017_CLASSES: tuple[str, ...] = ("void", *COCO_CLASSES[1:])
 
 # Cityscapes labelIds of the 19 evaluated classes, in trainId order (cityscapesScripts labels.py).
 CITYSCAPES_EVAL_IDS: tuple[int, ...] = (
@@ -121,17 +126,18 @@ def _norm_name(dataset_name: str) -> str:
         return "voc"
     if key in ("cityscapes", "city"):
         return "cityscapes"
-    if key in ("coco", "ade20k"):
+    if key in ("coco", "ade20k", "coco2017"):
         return key
     raise DataError(
-        f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes', 'coco' or 'ade20k'"
+        f"dataset_name={dataset_name!r}: expected 'voc', 'cityscapes', 'coco', 'ade20k' or "
+        "'coco2017'"
     )
 
 
 def palette_for(dataset_name: str) -> np.ndarray:
     """(256, 3) uint8 colours for `dataset_name`; Cityscapes entries past class 18 are black;
     COCO and ADE20K use the PASCAL colour map too (CoSA and UniMatch V2 define none)."""
-    if _norm_name(dataset_name) in ("voc", "coco", "ade20k"):
+    if _norm_name(dataset_name) in ("voc", "coco", "ade20k", "coco2017"):
         return voc_palette()
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(CITYSCAPES_COLORS)] = np.array(CITYSCAPES_COLORS, dtype=np.uint8)
@@ -140,12 +146,13 @@ def palette_for(dataset_name: str) -> np.ndarray:
 
 def class_names(dataset_name: str) -> tuple[str, ...]:
     """The class names of `dataset_name` in class-index order (official furnace names;
-    COCO: CoSA's; ADE20K: UniMatch V2's)."""
+    COCO: CoSA's; ADE20K and COCO 2017: UniMatch V2's)."""
     names = {
         "voc": VOC_CLASSES,
         "cityscapes": CITYSCAPES_CLASSES,
         "coco": COCO_CLASSES,
         "ade20k": ADE20K_CLASSES,
+        "coco2017": COCO2017_CLASSES,
     }
     return names[_norm_name(dataset_name)]
 
@@ -193,6 +200,7 @@ def expected_tree(dataset_name: str | None) -> str:
         "cityscapes": CITYSCAPES_TREE,
         "coco": COCO_TREE,
         "ade20k": ADE20K_TREE,
+        "coco2017": COCO2017_TREE,
     }
     return trees[_norm_name(dataset_name)]
 
@@ -362,7 +370,8 @@ class SegDataset:
         self.with_labels = with_labels
         self.label_policy = label_policy
         self.id_map = id_map
-        self.decoder = "pil" if layout == "coco" else "cv2"  # CoSA's COCO loader: PIL
+        # CoSA's COCO loader and UniMatch V2's (`semi.py:33`) decode with PIL: no EXIF rotation.
+        self.decoder = "pil" if layout == "coco" or dataset_name == "coco2017" else "cv2"
         if label_policy not in LABEL_POLICIES:
             raise DataError(
                 f"label_policy={label_policy!r}: expected one of {', '.join(LABEL_POLICIES)}"

@@ -62,9 +62,11 @@ def check_method_dataset(C: EasyDict) -> None:
     dataset = C.get("dataset_name")
     allowed = tuple(cls.defaults) or RECIPE_PRESETS
     if dataset not in allowed:
+        note = cls.dataset_notes.get(dataset)
         raise ConfigError(
             f"C.method = {C.method!r} on C.dataset_name = {dataset!r}: the method has no "
             f"official settings for this dataset; expected one of {', '.join(allowed)}"
+            + (f" ({note})" if note else "")
         )
 
 

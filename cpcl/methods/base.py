@@ -20,6 +20,8 @@ What a method provides (class attributes, then methods; see `Method` for signatu
   They replace the dataset preset's values for keys that the experiment config left at the
   preset value; `--key=value` always wins (see `cpcl.engine.resolve.apply_overrides`, which records
   where every value came from; the run log prints it).
+  A dataset without an entry is refused; `dataset_notes` (optional) adds why and what to use
+  instead to that error, per dataset name.
 * `config_keys`: new config keys of the method with their defaults (prefix them with the
   method name, e.g. `u2pl_ema_decay`); they are added to `C` so `--key=value` works.
   `config_help` gives one line of meaning per such key (`train.py --help`; a test checks it).
@@ -162,6 +164,8 @@ class Method:
     name: ClassVar[str] = ""
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     config_keys: ClassVar[Mapping[str, Any]] = {}
+    # Why a dataset without `defaults` is refused and what to use instead (added to the error).
+    dataset_notes: ClassVar[Mapping[str, str]] = {}
     # Batch keys `forward_loss` reads; `train_step` names the missing ones in its error.
     batch_keys: ClassVar[tuple[str, ...]] = ()
     # The sample sets the method trains on, by split name ("labeled": images with masks,

@@ -21,7 +21,7 @@ KEY_HELP: dict[str, str] = {
     "backbone": "ResNet depth of the DeepLabv3+ encoder",
     "method": "training method (cpcl official; cps, sup baselines; see cpcl/methods)",
     "device": "auto (GPU 0 when available), cpu or cuda",
-    "dataset_name": "dataset of the preset: voc, cityscapes, coco or ade20k (layout, class names, colours)",
+    "dataset_name": "dataset of the preset: voc, cityscapes, coco (CoSA, 2014), ade20k or coco2017 (UniMatch V2) (layout, class names, colours)",
     "num_classes": "number of classes, background included",
     "background": "class index of the background (official key; informational)",
     "ignore_index": "label value excluded from losses and metrics",

@@ -9,7 +9,7 @@ blocks into the `Method` interface.
 
 Official settings as `defaults` (`configs/*.yaml`; `--key=value` always wins):
 
-| key | voc (`pascal`) | cityscapes | ade20k | coco |
+| key | voc (`pascal`) | cityscapes | ade20k | coco2017 (`coco`) |
 |---|---|---|---|---|
 | `lr` (encoder) / `unimatch_v2_lr_multi` | 5e-6 / 40 | same | same | same |
 | `batch_size` (global: per GPU x 4 GPUs) | 16 | 8 | 8 | 16 |
@@ -21,9 +21,10 @@ Official settings as `defaults` (`configs/*.yaml`; `--key=value` always wins):
 | `unimatch_v2_eval_mode` | original | sliding_window | original | original |
 | `weight_decay` (AdamW, every parameter) | 0.01 | same | same | same |
 
-(`coco`: the official values are in `presets.UNIMATCH_V2_PRESETS`, not in `defaults`: the
-project's `coco` preset is CoSA's COCO-2014 layout, so `--method=unimatch_v2` on coco is
-refused; `ade20k` is `cpcl/presets/ade20k.py`.)
+(The official `coco` values run on `--dataset_name=coco2017`, UniMatch V2's COCO 2017 layout
+(`cpcl/presets/coco2017.py`); the project's `coco` preset is CoSA's COCO-2014 layout, so
+`--method=unimatch_v2` on coco is refused with a note naming coco2017. `ade20k` is
+`cpcl/presets/ade20k.py`.)
 
 Decisions where the official code has no counterpart:
 
@@ -147,9 +148,13 @@ class UniMatchV2(Method):
         "voc": _official("pascal"),
         "cityscapes": _official("cityscapes"),
         "ade20k": _official("ade20k"),
-        # No "coco": the coco preset is CoSA's COCO-2014 layout, UniMatch V2 trains on COCO
-        # 2017 (`splits/coco/*`: train2017/<id>.jpg masks/<id>.png), which no dataset reads
-        # yet; its official values wait in `presets.UNIMATCH_V2_PRESETS["coco"]`.
+        # Official `configs/coco.yaml` on COCO 2017 (`splits/coco/*`: train2017/<id>.jpg
+        # masks/<id>.png). No "coco": that preset is CoSA's COCO-2014 layout.
+        "coco2017": _official("coco"),
+    }
+    dataset_notes: ClassVar[Mapping[str, str]] = {
+        "coco": "the coco preset is CoSA's COCO 2014 layout; UniMatch V2 trains on COCO 2017 "
+        "in its own layout: use --dataset_name=coco2017 (docs/datasets.md)",
     }
     config_keys: ClassVar[Mapping[str, Any]] = {
         "unimatch_v2_conf_thresh": 0.95,

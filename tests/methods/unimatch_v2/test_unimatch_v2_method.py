@@ -77,7 +77,13 @@ def test_registered():
 
 
 @pytest.mark.parametrize(
-    ("dataset", "preset"), [("voc", "pascal"), ("cityscapes", "cityscapes"), ("ade20k", "ade20k")]
+    ("dataset", "preset"),
+    [
+        ("voc", "pascal"),
+        ("cityscapes", "cityscapes"),
+        ("ade20k", "ade20k"),
+        ("coco2017", "coco"),
+    ],
 )
 def test_official_settings_unless_overridden(dataset, preset):
     p = UNIMATCH_V2_PRESETS[preset]
@@ -105,10 +111,12 @@ def test_official_settings_unless_overridden(dataset, preset):
     assert C.lr == 0.123 and C.unimatch_v2_conf_thresh == 0.5 and C.nepochs == p["epochs"]
 
 
-def test_coco_is_refused_until_its_layout_is_wired():
-    # The coco preset is CoSA's COCO-2014 layout; UniMatch V2 trains on COCO 2017.
-    assert "coco" not in UniMatchV2.defaults and UNIMATCH_V2_PRESETS["coco"]["epochs"] == 20
-    with pytest.raises(ConfigError, match="expected one of voc, cityscapes, ade20k"):
+def test_cosa_coco_is_refused_naming_coco2017():
+    # The coco preset is CoSA's COCO-2014 layout; UniMatch V2 trains on COCO 2017 (coco2017).
+    assert "coco" not in UniMatchV2.defaults and "coco2017" in UniMatchV2.defaults
+    with pytest.raises(
+        ConfigError, match=r"expected one of voc, cityscapes, ade20k, coco2017 \(.*COCO 2014"
+    ):
         apply_overrides(load_preset("coco"), ["--method=unimatch_v2"])
 
 
