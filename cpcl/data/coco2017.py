@@ -21,10 +21,10 @@ from __future__ import annotations
 
 COCO2017_TREE = """\
 DATA/coco2017/                   (C.dataset_path; UniMatch V2 layout)
-├── train2017/*.jpg                      118,287 images
-├── val2017/*.jpg                        5,000 images
-├── masks/*.png                          pre-processed (UniMatch V2 README): 0-80, 255 = ignore;
-│                                        train and val masks in one folder
-└── splits/                       UniMatch V2's splits/coco/ ('image mask' per line)
+├── train2017/<id>.jpg           118,287 images
+├── val2017/<id>.jpg             5,000 images
+├── masks/<id>.png               UniMatch V2's pre-processed masks (train and val): 0-80, 255 = ignore
+└── splits/                      UniMatch V2's splits/coco/ ('image mask' per line)
     ├── val.txt
-    └── 1_{32,64,128,256,512}/{labeled,unlabeled}.txt"""
+    └── 1_{32,64,128,256,512}/{labeled,unlabeled}.txt
+                                 (copy the unlabeled lists from UniMatch V2; docs/datasets.md)"""

@@ -8,6 +8,8 @@
 Where a value comes from, lowest priority first (`config_sources` names it):
 
 1. the dataset preset (`cpcl/presets/<dataset>.py`; the official CPCL settings);
+   `--dataset_name=` naming another preset moves every key still at the first preset's value
+   to the new one's (`switch_preset`);
 2. the method's official defaults (`Method.defaults[dataset]`), for every key the experiment
    config left at its preset value; the method's own new keys (`Method.config_keys`) are
    added here. A method without defaults for the dataset is refused, naming the datasets it
@@ -90,14 +92,32 @@ def apply_method_defaults(C: EasyDict, keep: Iterable[str] = ()) -> EasyDict:
     return C
 
 
+def switch_preset(C: EasyDict, name: str) -> EasyDict:
+    """Move `C` onto the dataset preset `name` (in place): every key still at the current
+    preset's value takes the new preset's (classes, counts, default method, ...), keys the
+    experiment config changed are kept. `--dataset_name=ade20k` from exp_voc/ thus trains
+    ADE20K's 150 classes, not VOC's 21 under another name."""
+    if name not in PRESETS:
+        raise ConfigError(f"C.dataset_name = {name!r}: expected one of {', '.join(PRESETS)}")
+    old = load_preset(C.dataset_name) if C.get("dataset_name") in PRESETS else {}
+    for key, value in load_preset(name).items():
+        if key not in old or C.get(key) == old[key]:
+            C[key] = copy.deepcopy(value)
+    return C
+
+
 def apply_overrides(C: EasyDict, args: Iterable[str]) -> EasyDict:
     """Apply the method defaults, then `--key=value` strings, to a copy of `C`.
 
-    The method is the last `--method=` argument, else `C.method`. Unknown keys and bad values
+    A `--dataset_name=` naming another preset switches to it first (`switch_preset`). The
+    method is the last `--method=` argument, else `C.method`. Unknown keys and bad values
     raise ConfigError.
     """
     C = copy.deepcopy(C)
     pairs = parse_args(args)
+    datasets = [text for key, text in pairs if key == "dataset_name"]
+    if datasets and datasets[-1] != C.get("dataset_name"):
+        switch_preset(C, datasets[-1])
     methods = [text for key, text in pairs if key == "method"]
     if methods:
         C.method = methods[-1]

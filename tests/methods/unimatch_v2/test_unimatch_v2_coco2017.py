@@ -114,6 +114,19 @@ def test_preset_is_the_official_coco_config(tmp_path):
     assert F.eval_source == os.path.join(F.dataset_path, "splits", "val.txt")
 
 
+def test_dataset_name_on_the_command_line_switches_the_preset():
+    # From exp_voc/ (the VOC preset): the COCO 2017 values, not VOC's under another name.
+    want = apply_overrides(load_preset("coco2017"), [])
+    C = apply_overrides(load_preset("voc"), ["--dataset_name=coco2017"])
+    assert want == C
+    voc = load_preset("voc")
+    voc.nepochs, voc.num_classes = 3, 4  # set by the experiment config: kept
+    C = apply_overrides(voc, ["--dataset_name=coco2017", "--method=unimatch_v2"])
+    assert (C.nepochs, C.num_classes, C.image_height) == (3, 4, want.image_height)
+    with pytest.raises(ConfigError, match=r"C\.dataset_name = 'coco2018': expected one of"):
+        apply_overrides(load_preset("voc"), ["--dataset_name=coco2018"])
+
+
 def test_names_palette_and_tree():
     names = class_names("coco2017")
     assert len(names) == 81 and names[0] == "void" and names[1:] == COCO_CLASSES[1:]
