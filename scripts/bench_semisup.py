@@ -108,7 +108,7 @@ METHOD_OVERRIDES: dict[str, tuple[str, ...]] = {
     # UniMatch V2 (opt-in: --methods sup unimatch_v2 sup_dinov2): the toy DINOv2 encoder
     # pre-trained on the other toy shapes (`pretrain_toy_dinov2`), 70 px crops (the multiple
     # of the 14 px patch nearest the other rows' 64 px), and its official 40x head multiplier
-    # with AdamW: encoder 2e-4, head 8e-3. Chosen on held-out seeds 10-15 among encoder lr
+    # with AdamW: encoder 2e-4, head 8e-3. Chosen on seeds 10-15 (not the reported 0-2) among lr
     # 2.5e-5..4e-4 and crops 56/70/84 (docs/methods/unimatch_v2.md#toy-benchmark).
     "unimatch_v2": (
         "--backbone=dinov2_toy",
