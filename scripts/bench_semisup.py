@@ -139,24 +139,32 @@ def _row_overrides(row: str) -> tuple[str, ...]:
     return (*METHOD_OVERRIDES.get(method, ()), *control)
 
 
-def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: list[str]) -> float:
-    """Train one configuration (a method or a `CONTROL_ROWS` name) and return its validation
-    mIoU (fraction)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    C = apply_overrides(
+def row_config(
+    row: str, seed: int, data: str, backbone: str, out: str, extra: list[str], device: str
+):
+    """The config of one semi-supervised run: SEMISUP_OVERRIDES, the run's own keys, the row's
+    method (a `CONTROL_ROWS` name runs its method) and overrides, then `extra`."""
+    return apply_overrides(
         load_preset("voc"),
         [
             *SEMISUP_OVERRIDES,
             f"--pretrained_model={backbone}",
             f"--dataset_path={data}",
             f"--log_dir={os.path.join(out, 'log')}",
-            f"--method={CONTROL_ROWS.get(method, (method,))[0]}",
+            f"--method={CONTROL_ROWS.get(row, (row,))[0]}",
             f"--seed={seed}",
             f"--device={device}",
-            *_row_overrides(method),
+            *_row_overrides(row),
             *extra,
         ],
     )
+
+
+def run_one(method: str, seed: int, data: str, backbone: str, out: str, extra: list[str]) -> float:
+    """Train one configuration (a method or a `CONTROL_ROWS` name) and return its validation
+    mIoU (fraction)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    C = row_config(method, seed, data, backbone, out, extra, device)
     summary = fit(C, root=out)
     snapshot = os.path.join(summary["snapshot_dir"], "epoch-last.pth")
     C = finalize(C, root=out)

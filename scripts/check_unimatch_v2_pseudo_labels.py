@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from cpcl.checkpoint import load_checkpoint
-from cpcl.config import load_preset
 from cpcl.data.datasets import build_dataset
 from cpcl.engine import fit
 from cpcl.engine.resolve import apply_overrides, finalize
@@ -103,37 +102,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{what} {path} does not exist: run scripts/bench_semisup.py "
                              "--methods unimatch_v2 once to write the toy data and backbone")  # fmt: skip
     bench = _bench()
-    method = bench.CONTROL_ROWS.get(args.row, (args.row,))[0]
     with tempfile.TemporaryDirectory(prefix="cpcl_pl_") as out:
-        C = apply_overrides(
-            load_preset("voc"),
-            [
-                *bench.SEMISUP_OVERRIDES,
-                f"--pretrained_model={args.backbone}",
-                f"--dataset_path={args.data}",
-                f"--log_dir={out}/log",
-                f"--method={method}",
-                f"--seed={args.seed}",
-                "--device=cpu",
-                *bench._row_overrides(args.row),
-                *extra,
-            ],
-        )
+        C = bench.row_config(args.row, args.seed, args.data, args.backbone, out, extra, "cpu")
         snapshot = Path(fit(C, root=out)["snapshot_dir"]) / "epoch-last.pth"
         ckpt = load_checkpoint(snapshot)
-        thresh = args.thresh
         rows = {}
         for net_name in ("model", "ema"):
             Cn = finalize(apply_overrides(C, [f"--unimatch_v2_eval_net={net_name}"]), root=out)
             Cn.eval_source = Cn.unsup_source  # the unlabeled images, with their toy masks
             ds = build_dataset(Cn, "val")
             net = eval_net_from_checkpoint(Cn, ckpt, "cpu")
-            rows[net_name] = pseudo_label_counts(net, ds, Cn.image_mean, Cn.image_std, thresh)
-    print(f"\n{args.row} seed {args.seed}, {len(ds)} unlabeled images, confidence >= {thresh}")
+            rows[net_name] = pseudo_label_counts(net, ds, Cn.image_mean, Cn.image_std, args.thresh)
+    print(f"\n{args.row} seed {args.seed}, {len(ds)} unlabeled images, confidence >= {args.thresh}")
     print(f"{'':<20}" + "".join(f"{name:>9}" for name in rows))
     for key in rows["model"]:
         print(f"{key:<20}" + "".join(f"{r[key]:>9.4f}" for r in rows.values()))
-    print(json.dumps({"row": args.row, "seed": args.seed, "thresh": thresh, **rows}))
+    print(json.dumps({"row": args.row, "seed": args.seed, "thresh": args.thresh, **rows}))
     return 0
 
 

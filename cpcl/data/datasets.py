@@ -2,9 +2,10 @@
 
 Images are returned as HxWx3 uint8 RGB (the official loaders read BGR with OpenCV and flip
 to RGB; COCO, CoSA's layout, and COCO 2017, UniMatch V2's, are decoded as their loaders do
-it: PIL ``.convert('RGB')``, no EXIF rotation). Labels are HxW uint8 class indices with 255 = ignore. Labels are read with PIL so
-that palette ("P" mode) PNGs give their raw indices; the official `cv2.IMREAD_GRAYSCALE` read
-would turn a palette PNG into luminance values, i.e. wrong classes.
+it: PIL ``.convert('RGB')``, no EXIF rotation). Labels are HxW uint8 class indices with
+255 = ignore. Labels are read with PIL so that palette ("P" mode) PNGs give their raw
+indices; the official `cv2.IMREAD_GRAYSCALE` read would turn a palette PNG into luminance
+values, i.e. wrong classes.
 """
 
 from __future__ import annotations
